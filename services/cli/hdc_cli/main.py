@@ -1,0 +1,147 @@
+"""The `hdc` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import httpx
+from hdc_cli import embedded
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+UP_TIMEOUT_S = 60
+
+
+@click.group()
+def cli() -> None:
+    """hdc: deploy, train and serve models on hybrid clouds."""
+
+
+def _read_state(home: Path) -> dict | None:
+    try:
+        return json.loads(embedded.state_path(home).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _health(urls: dict[str, str]) -> str:
+    if "http" not in urls:
+        return "up (gRPC only)"
+    try:
+        r = httpx.get(urls["http"] + "/healthz", timeout=2)
+    except httpx.HTTPError as exc:
+        return f"down ({type(exc).__name__})"
+    return "healthy" if r.status_code == 200 else f"unhealthy ({r.status_code})"
+
+
+@cli.command()
+@click.option("--foreground", is_flag=True, help="Run in this terminal instead of detaching.")
+def up(foreground: bool) -> None:
+    """Start every installed service on this machine (embedded mode)."""
+    home = embedded.data_dir()
+    state = _read_state(home)
+    if state and _alive(state["pid"]):
+        console.print(f"hdc is already running (pid {state['pid']}); `hdc status` shows it.")
+        _print_services(state)
+        return
+    if foreground:
+        embedded.main()
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "hdc.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hdc_cli.embedded"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    with console.status("starting hdc services…"):
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                err.print(f"[red]hdc up failed[/red] (exit {proc.returncode}); last log lines:")
+                err.print(_tail(log_path))
+                raise SystemExit(1)
+            state = _read_state(home)
+            if state and state.get("pid") == proc.pid:
+                break
+            time.sleep(0.2)
+        else:
+            err.print(f"[red]services did not start within {UP_TIMEOUT_S}s[/red]; see {log_path}")
+            raise SystemExit(1)
+    console.print(f"hdc is up (pid {proc.pid}); logs in {log_path}")
+    _print_services(state)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _print_services(state: dict) -> None:
+    table = Table("service", "http", "grpc", "health")
+    for name, urls in state["services"].items():
+        table.add_row(name, urls.get("http", "-"), urls.get("grpc", "-"), _health(urls))
+    console.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Show whether hdc runs here and the health of each service."""
+    state = _read_state(embedded.data_dir())
+    running = bool(state and _alive(state["pid"]))
+    if as_json:
+        out = {"running": running}
+        if running:
+            out["pid"] = state["pid"]
+            out["services"] = {n: {**u, "health": _health(u)} for n, u in state["services"].items()}
+        click.echo(json.dumps(out))
+    elif running:
+        console.print(f"hdc is running (pid {state['pid']})")
+        _print_services(state)
+    else:
+        console.print("hdc is not running; start it with `hdc up`.")
+    raise SystemExit(0 if running else 3)
+
+
+@cli.command()
+def down() -> None:
+    """Stop the services `hdc up` started."""
+    home = embedded.data_dir()
+    state = _read_state(home)
+    if not state or not _alive(state["pid"]):
+        embedded.state_path(home).unlink(missing_ok=True)
+        console.print("hdc is not running.")
+        return
+    pid = state["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    embedded.state_path(home).unlink(missing_ok=True)
+    console.print(f"hdc stopped (pid {pid}).")
