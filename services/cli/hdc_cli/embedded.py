@@ -46,13 +46,16 @@ def identity_keys(home: Path) -> tuple[Path, Path]:
 
 def embedded_env(home: Path) -> dict[str, str]:
     """Defaults every service gets in embedded mode (explicit env vars still win)."""
-    _, public = identity_keys(home)
+    private, public = identity_keys(home)
     env = {}
-    for name in discover():
+    for name, service in discover().items():
         prefix = f"HDC_{name.upper()}_"
         env[f"{prefix}DATA_DIR"] = str(home / "data")
         env[f"{prefix}BUS_URL"] = "memory://"
         env[f"{prefix}IDENTITY_PUBLIC_KEY"] = str(public)
+        # Only the gateway signs identities; it is the one service with this setting.
+        if "identity_private_key" in service.settings_cls.model_fields:
+            env[f"{prefix}IDENTITY_PRIVATE_KEY"] = str(private)
     return env
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 import httpx
-from hdc_cli import embedded
+from hdc_cli import auth, embedded
+from hdc_cli.api import DEFAULT_URL, EXIT_AUTH, EXIT_NOT_RUNNING, EXIT_USAGE, CliError
+from hdc_cli.deployments import deployment, resource
 from rich.console import Console
 from rich.table import Table
 
@@ -145,3 +147,42 @@ def down() -> None:
         os.kill(pid, signal.SIGKILL)
     embedded.state_path(home).unlink(missing_ok=True)
     console.print(f"hdc stopped (pid {pid}).")
+
+
+@cli.command()
+@click.option(
+    "--url", envvar="HDC_URL", default=DEFAULT_URL, show_default=True, help="Gateway URL."
+)
+@click.option("--issuer", envvar="HDC_ISSUER", help="OpenID provider (omit in embedded mode).")
+@click.option("--client-id", envvar="HDC_CLIENT_ID", default="hdc-cli", show_default=True)
+@click.option("--scope", default="openid profile offline_access", show_default=True)
+def login(url: str, issuer: str | None, client_id: str, scope: str) -> None:
+    """Get a token: OIDC device authorization grant, or a development token in embedded mode."""
+    if issuer is None:
+        if not auth.is_local(url):
+            raise CliError(
+                "give --issuer (or HDC_ISSUER): the OpenID provider to log in with", EXIT_USAGE
+            )
+        token = auth.embedded_token()
+        if token is None:
+            raise CliError("hdc is not running here; start it with `hdc up`", EXIT_NOT_RUNNING)
+        console.print("embedded mode: using a development token signed by the local gateway")
+        return
+    auth.device_login(url.rstrip("/"), issuer, client_id, scope, console.print)
+    console.print("logged in; the token is cached and refreshed automatically")
+
+
+@cli.command()
+@click.option(
+    "--url", envvar="HDC_URL", default=DEFAULT_URL, show_default=True, help="Gateway URL."
+)
+def token(url: str) -> None:
+    """Print the access token the CLI would use (for curl: -H "Authorization: Bearer $(hdc token)")."""
+    value = auth.current_token(url.rstrip("/"))
+    if not value:
+        raise CliError("no token: run `hdc login` (or set HDC_TOKEN)", EXIT_AUTH)
+    click.echo(value)
+
+
+cli.add_command(deployment)
+cli.add_command(resource)
