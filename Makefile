@@ -11,7 +11,7 @@ PROTOS := $(shell find proto/hdc -name '*.proto' 2>/dev/null)
 INFRA := $(wildcard tests/infra/*.sh)
 PYTEST_ARGS ?=
 
-.PHONY: setup proto infra test lint format run down bench clean
+.PHONY: setup proto infra test lint format run run-distributed down bench clean
 
 ## setup: virtual environment with every service installed (editable, pinned by constraints.txt)
 setup: $(VENV)/.installed proto
@@ -47,6 +47,10 @@ format: setup
 ## run: set up from scratch and bring the platform up in embedded mode
 run: setup
 	$(BIN)/hdc up
+
+## run-distributed: one process per service on the real RabbitMQ and PostgreSQL (and Keycloak)
+run-distributed: setup infra
+	$(BIN)/hdc up --distributed
 
 down:
 	$(BIN)/hdc down

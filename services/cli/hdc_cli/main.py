@@ -44,6 +44,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pids(state: dict | None) -> list[int]:
+    if not state:
+        return []
+    return list(state.get("pids") or [state["pid"]])
+
+
+def _running(state: dict | None) -> bool:
+    return any(_alive(pid) for pid in _pids(state))
+
+
 def _health(urls: dict[str, str]) -> str:
     if "http" not in urls:
         return "up (gRPC only)"
@@ -56,12 +66,50 @@ def _health(urls: dict[str, str]) -> str:
 
 @cli.command()
 @click.option("--foreground", is_flag=True, help="Run in this terminal instead of detaching.")
-def up(foreground: bool) -> None:
-    """Start every installed service on this machine (embedded mode)."""
+@click.option(
+    "--distributed", is_flag=True, help="One process per service, PostgreSQL and RabbitMQ."
+)
+@click.option(
+    "--bus-url",
+    envvar="HDC_BUS_URL",
+    default="amqp://hdc:hdc@127.0.0.1:5672/",
+    show_default=True,
+    help="RabbitMQ URL (distributed mode).",
+)
+@click.option(
+    "--postgres",
+    envvar="HDC_POSTGRES_URL",
+    default="postgresql+psycopg://hdc:hdc@127.0.0.1:5432",
+    show_default=True,
+    help="PostgreSQL server URL without database (distributed mode).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1, max=5),
+    default=1,
+    show_default=True,
+    help="Processes per service (distributed mode).",
+)
+def up(foreground: bool, distributed: bool, bus_url: str, postgres: str, replicas: int) -> None:
+    """Start every installed service on this machine (embedded mode by default)."""
     home = embedded.data_dir()
     state = _read_state(home)
-    if state and _alive(state["pid"]):
-        console.print(f"hdc is already running (pid {state['pid']}); `hdc status` shows it.")
+    if _running(state):
+        console.print(f"hdc is already running (pids {_pids(state)}); `hdc status` shows it.")
+        _print_services(state)
+        return
+    if distributed:
+        from hdc_cli import distributed as dist
+
+        with console.status("starting hdc services (distributed)…"):
+            try:
+                state = dist.start(home, bus_url, postgres, replicas)
+            except Exception as exc:
+                err.print(f"[red]hdc up --distributed failed:[/red] {exc}")
+                raise SystemExit(1) from None
+        console.print(
+            f"hdc is up (distributed, {len(state['pids'])} processes); logs in {home / 'logs'}"
+        )
         _print_services(state)
         return
     if foreground:
@@ -114,15 +162,15 @@ def _print_services(state: dict) -> None:
 def status(as_json: bool) -> None:
     """Show whether hdc runs here and the health of each service."""
     state = _read_state(embedded.data_dir())
-    running = bool(state and _alive(state["pid"]))
+    running = _running(state)
     if as_json:
         out = {"running": running}
         if running:
-            out["pid"] = state["pid"]
+            out["pids"] = _pids(state)
             out["services"] = {n: {**u, "health": _health(u)} for n, u in state["services"].items()}
         click.echo(json.dumps(out))
     elif running:
-        console.print(f"hdc is running (pid {state['pid']})")
+        console.print(f"hdc is running (pids {_pids(state)})")
         _print_services(state)
     else:
         console.print("hdc is not running; start it with `hdc up`.")
@@ -134,19 +182,21 @@ def down() -> None:
     """Stop the services `hdc up` started."""
     home = embedded.data_dir()
     state = _read_state(home)
-    if not state or not _alive(state["pid"]):
+    if not _running(state):
         embedded.state_path(home).unlink(missing_ok=True)
         console.print("hdc is not running.")
         return
-    pid = state["pid"]
-    os.kill(pid, signal.SIGTERM)
+    pids = [p for p in _pids(state) if _alive(p)]
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
-    while _alive(pid) and time.monotonic() < deadline:
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
     embedded.state_path(home).unlink(missing_ok=True)
-    console.print(f"hdc stopped (pid {pid}).")
+    console.print(f"hdc stopped (pids {pids}).")
 
 
 @cli.command()
