@@ -19,6 +19,7 @@ setup: $(VENV)/.installed proto
 $(VENV)/.installed: constraints.txt $(wildcard services/*/pyproject.toml) proto/pyproject.toml
 	@command -v uv >/dev/null || $(PY) -m pip install -q 'uv==0.13.9'
 	@test -x $(BIN)/python || uv venv -q --python $(PY) $(VENV)
+	@mkdir -p proto/gen
 	uv pip install -q --python $(BIN)/python -c constraints.txt 'uv==0.13.9' $(addprefix -e ,$(PACKAGES))
 	@touch $@
 
