@@ -16,11 +16,11 @@ PYTEST_ARGS ?=
 ## setup: virtual environment with every service installed (editable, pinned by constraints.txt)
 setup: $(VENV)/.installed proto
 
-$(VENV)/.installed: constraints.txt $(wildcard services/*/pyproject.toml) proto/pyproject.toml
+$(VENV)/.installed: constraints.txt requirements-dev.txt $(wildcard services/*/pyproject.toml) proto/pyproject.toml
 	@command -v uv >/dev/null || $(PY) -m pip install -q 'uv==0.13.9'
 	@test -x $(BIN)/python || uv venv -q --python $(PY) $(VENV)
 	@mkdir -p proto/gen
-	uv pip install -q --python $(BIN)/python -c constraints.txt 'uv==0.13.9' $(addprefix -e ,$(PACKAGES))
+	uv pip install -q --python $(BIN)/python -c constraints.txt 'uv==0.13.9' -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
 	@touch $@
 
 ## proto: generate the gRPC stubs of every contract under proto/hdc into proto/gen
