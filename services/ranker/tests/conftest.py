@@ -1,0 +1,79 @@
+"""Builders for ranker tests: requests are protobuf messages, as the orchestrator sends them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hdc.ranker.v1 import ranker_pb2 as pb
+from hdc_ranker.engine import Defaults, Ranker
+from hdc_ranker.plugins import default_registry
+from hdc_ranker.response import warm_up
+
+NOW = 1_700_000_000
+
+
+def candidate(site: str, service: str = "", **kw: Any) -> pb.Candidate:
+    """A healthy, fresh OpenStack candidate with one 2-CPU flavor, unless told otherwise."""
+    c = pb.Candidate(
+        site_id=site,
+        service_id=service or f"{site}/nova",
+        service_type=kw.pop("service_type", "org.openstack.nova"),
+        status=kw.pop("status", pb.STATUS_UP),
+    )
+    flavors = kw.pop("flavors", [dict(id="m1", cpus=2, ram_mb=4096, disk_gb=20)])
+    for f in flavors:
+        c.flavors.add(**f)
+    c.freshness.creation_time.seconds = kw.pop("created", NOW - 60)
+    for key, value in kw.items():
+        if key == "quota":
+            q = c.quotas.add()
+            for res, (limit, used) in value.items():
+                if limit is not None:
+                    setattr(q.limits, res, limit)
+                setattr(q.usage, res, used)
+        elif key == "images":
+            for img in value:
+                c.images.add(**img)
+        elif key == "idps":
+            for issuer in value:
+                c.identity_providers.add(issuer=issuer)
+        else:
+            setattr(c, key, value)
+    return c
+
+
+def request(*cands: pb.Candidate, **kw: Any) -> pb.RankRequest:
+    req = pb.RankRequest(candidates=list(cands))
+    req.options.now.seconds = NOW
+    for key, value in kw.items():
+        if key == "filters":
+            req.options.filters.extend(value)
+        elif key == "scorers":
+            req.options.scorers.extend(value)
+        elif key == "weights":
+            req.options.weights.update(value)
+        elif key == "seed":
+            req.options.seed = value
+        elif key == "requirements":
+            req.requirements.CopyFrom(value)
+        else:
+            getattr(req, key).extend(value)
+    return req
+
+
+@pytest.fixture
+def mk() -> SimpleNamespace:
+    return SimpleNamespace(candidate=candidate, request=request, NOW=NOW)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled() -> None:
+    """Compile the ranker's numba functions once per test session (seconds, not per test)."""
+    warm_up()
+
+
+@pytest.fixture
+def ranker() -> Ranker:
+    return Ranker(default_registry(entry_points_too=False), Defaults())

@@ -1,0 +1,1 @@
+"""hdc vrouter: WireGuard overlays joining private subnets across sites (controller side)."""
