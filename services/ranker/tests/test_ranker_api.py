@@ -81,7 +81,8 @@ def test_grpc_empty_candidate_list(stub):
 
 
 def test_infoprovider_candidates_convert_by_bytes(stub, mk):
-    ip = pytest.importorskip("hdc.infoprovider.v1.infoprovider_pb2")
+    from hdc.infoprovider.v1 import infoprovider_pb2 as ip
+
     src = ip.Candidate(
         site_id="a", service_id="a/nova", service_type="org.openstack.nova", status=ip.STATUS_UP
     )

@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import toscaparser.tosca_template
 from hdc_vrouter.tosca import overlay_request, site_request
-
-toscaparser = pytest.importorskip("toscaparser.tosca_template")
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "tosca-templates" / "vrouter"
 
 
 def nodes(name: str) -> dict:
-    template = toscaparser.ToscaTemplate(str(TEMPLATES / name))
+    template = toscaparser.tosca_template.ToscaTemplate(str(TEMPLATES / name))
     return {n.name: n for n in template.nodetemplates}
 
 
