@@ -8,7 +8,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from hdc_common.grpc import caller_identity_token, create_server, insecure_channel
 from hdc_common.telemetry import current_traceparent, setup_telemetry, tracer
 
