@@ -1,0 +1,351 @@
+"""Benchmark of the orchestrator: 500 deployments submitted concurrently.
+
+Real PostgreSQL and RabbitMQ (fresh database and vhost), one real orchestrator process.
+Placement: the real `hdc-ranker` when it starts (`--ranker auto|real`), else its gRPC test
+double; candidates come from the gRPC test double of the infoprovider contract
+(tests/orchestrator/orch_doubles.py). The im is the real `hdc-im` on its dummy driver when
+`--im real` works, otherwise the im TEST DOUBLE of the same AMQP contract (the JSON line
+says which one ran).
+
+Anchor (same run): the same number of create commands sent straight to the im over the
+bus, without the orchestrator: `vs_bus_anchor` is the orchestrator's completed
+deployments/s divided by that bare command->configured round-trip rate. The issue's goals
+are reported as ratios too (>= 1.0 means the goal is met).
+
+Prints ONE JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "orchestrator"))
+
+import orch_doubles as infra  # noqa: E402  (vhost/db helpers of tests/orchestrator)
+from orch_doubles import (  # noqa: E402
+    TEMPLATE,
+    GrpcDoubles,
+    ImDouble,
+    OrchestratorProcess,
+    Signer,
+    Site,
+    free_port,
+    orchestrator_env,
+    user,
+)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def bus_anchor(bus_url: str, tmp: Path, n: int) -> float:
+    """Bare rate of the im that is running: n im.infrastructure.create commands ->
+    configured events, without the orchestrator."""
+    from hdc_common.bus import Bus, create_tables
+    from hdc_common.db import create_engine, session_factory
+
+    engine = create_engine(f"sqlite:///{tmp / 'anchor-client.db'}")
+    create_tables(engine)
+    sessions = session_factory(engine)
+    done: set[str] = set()
+    lock = threading.Lock()
+    bus = Bus(bus_url, service="benchclient", sessions=sessions)
+
+    @bus.on_event("im.infrastructure.configured", queue="benchclient.events")
+    def seen(_s: Any, event: Any) -> None:
+        with lock:
+            done.add(event.data["infrastructure_id"])
+
+    bus.start()
+    site = {"id": "site-a", "service_id": "site-a/compute", "type": "dummy", "endpoint": ""}
+    start = time.perf_counter()
+    for _ in range(n):
+        with sessions.begin() as s:
+            bus.send(
+                s,
+                "im",
+                "im.infrastructure.create",
+                {
+                    "infrastructure_id": str(uuid.uuid4()),
+                    "deployment_id": str(uuid.uuid4()),
+                    "site": site,
+                    "tosca": TEMPLATE,
+                    "owner": {"subject": "bench", "issuer": "bench"},
+                },
+            )
+    while len(done) < n and time.perf_counter() - start < 300:
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - start
+    bus.stop()
+    engine.dispose()
+    return len(done) / elapsed
+
+
+def start_real_im(bus_url: str, db_url: str, tmp: Path) -> Any:
+    """The real hdc-im on its dummy driver, or None when it cannot run here yet."""
+    import os
+    import subprocess
+
+    try:
+        import hdc_im  # noqa: F401
+    except ImportError:
+        return None
+    config = tmp / "im.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "sites": {"site-a": {"type": "dummy"}, "site-b": {"type": "dummy"}},
+                "tosca_types_files": [str(ROOT / "tosca-templates/indigo/custom_types.yaml")],
+            }
+        )
+    )
+    env = os.environ | {
+        "HDC_IM_DATABASE_URL": db_url,
+        "HDC_IM_BUS_URL": bus_url,
+        "HDC_IM_HTTP_PORT": str(free_port()),
+        "HDC_IM_DATA_DIR": str(tmp / "im"),
+        "HDC_IM_LOG_LEVEL": "WARNING",
+        "HDC_IM_CONFIG": str(config),
+    }
+    log = (tmp / "im.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "hdc_im"], env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 60
+    url = f"http://127.0.0.1:{env['HDC_IM_HTTP_PORT']}/healthz"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    return None
+
+
+def start_real_ranker(bus_url: str, tmp: Path) -> tuple[Any, str] | None:
+    """The real `hdc-ranker` (gRPC), or None when it is not installed or does not start."""
+    import os
+    import shutil
+    import subprocess
+
+    exe = shutil.which("hdc-ranker") or str(Path(sys.executable).with_name("hdc-ranker"))
+    if not Path(exe).exists():
+        return None
+    grpc_port, http_port = free_port(), free_port()
+    env = os.environ | {
+        "HDC_RANKER_DATABASE_URL": f"sqlite:///{tmp / 'ranker.db'}",
+        "HDC_RANKER_BUS_URL": bus_url,
+        "HDC_RANKER_GRPC_PORT": str(grpc_port),
+        "HDC_RANKER_HTTP_PORT": str(http_port),
+        "HDC_RANKER_DATA_DIR": str(tmp / "ranker"),
+        "HDC_RANKER_LOG_LEVEL": "WARNING",
+    }
+    log = (tmp / "ranker.log").open("ab")
+    proc = subprocess.Popen([exe], env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        try:
+            if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200:
+                return proc, f"127.0.0.1:{grpc_port}"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=500, help="deployments to submit")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--im", choices=["auto", "real", "double"], default="auto")
+    parser.add_argument("--ranker", choices=["auto", "real", "double"], default="auto")
+    args = parser.parse_args()
+
+    vhost, db, im_db = infra.make_vhost(), infra.make_db(), infra.make_db()
+    bus_url = f"amqp://hdc:hdc@{infra.RABBIT_HOST}:5672/{vhost}"
+    db_url = f"{infra.PG_DSN}/{db}"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-orch-"))
+    doubles = GrpcDoubles([Site("site-a", 0.9), Site("site-b", 0.5)])
+    signer = Signer()
+    im_kind, im_proc, im_double = "double", None, None
+    ranker_proc, ranker_target = None, doubles.target
+    orch = None
+    try:
+        if args.im in ("auto", "real"):
+            im_proc = start_real_im(bus_url, f"{infra.PG_DSN}/{im_db}", tmp)
+            if im_proc is not None:
+                im_kind = "hdc-im dummy driver"
+            elif args.im == "real":
+                raise SystemExit("the real hdc-im did not start; see " + str(tmp / "im.log"))
+        if im_proc is None:
+            im_double = ImDouble(bus_url, tmp / "im.db").start()
+        anchor_rate = bus_anchor(bus_url, tmp, args.n)
+        if args.ranker in ("auto", "real"):
+            started = start_real_ranker(bus_url, tmp)
+            if started is not None:
+                ranker_proc, ranker_target = started
+            elif args.ranker == "real":
+                raise SystemExit(
+                    "the real hdc-ranker did not start; see " + str(tmp / "ranker.log")
+                )
+        env = orchestrator_env(
+            database_url=db_url,
+            bus_url=bus_url,
+            grpc_target=doubles.target,
+            port=free_port(),
+            ranker_target=ranker_target,
+            public_key=signer.public,
+            data_dir=tmp,
+            minute_s=60,
+            sweep_interval_s=1,
+        )
+        orch = OrchestratorProcess(env, tmp / "orch.log").start()
+        result = run_load(orch.url, signer, args.n, args.concurrency, bus_url, tmp)
+        result |= {
+            "im": im_kind,
+            "placement": "infoprovider test double + "
+            + ("real hdc-ranker" if ranker_proc is not None else "ranker test double"),
+            "bus_anchor_roundtrips_per_s": round(anchor_rate, 1),
+            "vs_bus_anchor": round(result["deployments_per_s"] / anchor_rate, 3),
+            "throughput_vs_goal_20_per_s": round(result["deployments_per_s"] / 20, 3),
+            "get_p99_vs_goal_20ms": round(20 / result["get_p99_ms"], 3),
+        }
+        print(json.dumps(result))
+    finally:
+        if orch:
+            orch.stop()
+        if im_double:
+            im_double.stop()
+        for proc in (im_proc, ranker_proc):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(15)
+        doubles.stop()
+        infra.drop_vhost(vhost)
+        for name in (db, im_db):
+            infra.drop_db(name)
+
+
+def run_load(
+    url: str, signer: Signer, n: int, concurrency: int, bus_url: str, tmp: Path
+) -> dict[str, Any]:
+    """Submit n deployments from `concurrency` threads; completion times come from the
+    orchestrator's own `orchestrator.deployment.create_complete` events (no API polling, so
+    the measurement does not load the API it measures)."""
+    from hdc_common.bus import Bus, create_tables
+    from hdc_common.db import create_engine, session_factory
+
+    headers = signer.headers(user("bench"))
+    client = httpx.Client(
+        base_url=url,
+        headers=headers,
+        timeout=60,
+        limits=httpx.Limits(max_connections=concurrency + 4),
+    )
+    submitted: dict[str, float] = {}
+    completed: dict[str, float] = {}
+    failed: set[str] = set()
+    get_ms: list[float] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    engine = create_engine(f"sqlite:///{tmp / 'bench-events.db'}")
+    create_tables(engine)
+    watcher = Bus(bus_url, service="bench", sessions=session_factory(engine))
+
+    @watcher.on_event("orchestrator.deployment.*", queue="bench.orchestrator-events")
+    def on_status(_s: Any, event: Any) -> None:
+        now = time.perf_counter()
+        with lock:
+            if event.type.endswith(".create_complete"):
+                completed.setdefault(event.data["uuid"], now)
+            elif event.type.endswith(".create_failed"):
+                failed.add(event.data["uuid"])
+
+    watcher.start()
+
+    def submit(_: int) -> None:
+        t = time.perf_counter()
+        r = client.post("/deployments", json={"template": TEMPLATE})
+        r.raise_for_status()
+        with lock:
+            submitted[r.json()["uuid"]] = t
+
+    def prober() -> None:
+        # GET /deployments/{id} latency while the load runs.
+        while not stop.is_set():
+            with lock:
+                ids = list(submitted)
+            if not ids:
+                time.sleep(0.01)
+                continue
+            t = time.perf_counter()
+            client.get(f"/deployments/{random.choice(ids)}").raise_for_status()
+            get_ms.append((time.perf_counter() - t) * 1000)
+            time.sleep(0.005)
+
+    probe = threading.Thread(target=prober, daemon=True)
+    start = time.perf_counter()
+    probe.start()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(submit, range(n)))
+    deadline = time.perf_counter() + 600
+    while len(completed) + len(failed) < n and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    probe.join(5)
+    # The same GET once the load is over (what a dashboard sees on a quiet system).
+    idle_ms: list[float] = []
+    ids = list(submitted)
+    for _ in range(300):
+        t = time.perf_counter()
+        client.get(f"/deployments/{random.choice(ids)}").raise_for_status()
+        idle_ms.append((time.perf_counter() - t) * 1000)
+    watcher.stop()
+    engine.dispose()
+    client.close()
+    with lock:
+        done = {u: t for u, t in completed.items() if u in submitted}
+    elapsed = max(done.values(), default=time.perf_counter()) - start
+    times = [done[u] - submitted[u] for u in done]
+    return {
+        "bench": "orchestrator",
+        "deployments": n,
+        "completed": len(done),
+        "failed": len(failed),
+        "deployments_per_s": round(len(done) / elapsed, 2),
+        "p50_time_to_complete_s": round(statistics.median(times), 3) if times else None,
+        "p99_time_to_complete_s": round(percentile(times, 99), 3),
+        "get_p99_ms": round(percentile(get_ms, 99), 2),
+        "get_p50_ms": round(percentile(get_ms, 50), 2),
+        "get_samples": len(get_ms),
+        "get_p99_ms_after_load": round(percentile(idle_ms, 99), 2),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The orchestrator with the REAL ranker service (hdc_ranker, its gRPC server, its database
+and its bus consumer), on the real PostgreSQL and RabbitMQ. The infoprovider and the im are
+still TEST DOUBLES here (orch_doubles.py): the candidates and the im's answers are scripted.
+
+Checks the cross-service contracts: the ranker's ranking drives placement (with its
+criteria and chosen flavor shown by /placement), and the ranker learns per-site outcomes
+from the orchestrator's `orchestrator.deployment.*` events, failed attempts included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from orch_doubles import TEMPLATE, Site, Stack, free_port, user, wait_for
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
+
+import hdc_ranker.service as hdc_ranker  # noqa: E402 - the real ranker must be installed
+
+
+@pytest.fixture(scope="module")
+def ranker(module_bus_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from hdc_common.grpc import create_server
+    from hdc_ranker.settings import RankerSettings
+
+    data = tmp_path_factory.mktemp("ranker")
+    settings = RankerSettings(
+        database_url=f"sqlite:///{data / 'ranker.db'}", bus_url=module_bus_url, data_dir=data
+    )
+    components = hdc_ranker.build(settings)
+    server = create_server(free_port(), components.grpc_servicers)
+    server.start()
+    for bg in components.background:
+        bg.start()
+    yield server, settings
+    for bg in reversed(components.background):
+        bg.stop()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack_with_ranker(
+    module_bus_url, module_db_url, signer, grpc_doubles, im_double, ranker, tmp_path_factory
+) -> Iterator[Any]:
+    from hdc_orchestrator.settings import OrchestratorSettings
+
+    server, _ = ranker
+    settings = OrchestratorSettings(
+        database_url=module_db_url,
+        bus_url=module_bus_url,
+        infoprovider_target=grpc_doubles.target,
+        ranker_target=f"127.0.0.1:{server.port}",
+        identity_public_key=signer.public,
+        data_dir=tmp_path_factory.mktemp("orch"),
+        minute_s=0.5,
+        sweep_interval_s=0.2,
+        callback_secret="x",
+    )
+    s = Stack(settings)
+    yield s
+    s.stop()
+
+
+def test_real_ranker_places_and_learns_from_events(
+    stack_with_ranker, ranker, signer, grpc_doubles, im_double
+) -> None:
+    grpc_doubles.set_sites([Site("site-a"), Site("site-b")])
+    client = stack_with_ranker.client
+    h = signer.headers(user("ranked"))
+    uuid = client.post("/deployments", json={"template": TEMPLATE}, headers=h).json()["uuid"]
+    placement = wait_for(
+        lambda: client.get(f"/deployments/{uuid}/placement", headers=h).json()["placement"], 30
+    )
+    ranked = [c for c in placement["candidates"] if c["rank"] > 0]
+    assert {c["siteId"] for c in ranked} == {"site-a", "site-b"}
+    assert set(placement["criteria"]) >= {"history"}  # the real ranker's scorers
+    assert ranked[0]["flavor"]["name"] == "small"  # the ranker chose the smallest fit
+    assert ranked[0]["imageId"] == f"{ranked[0]['siteId']}-img-1"
+    first, second = ranked[0]["siteId"], ranked[1]["siteId"]
+    done = wait_for(
+        lambda: (
+            (j := client.get(f"/deployments/{uuid}", headers=h).json())["status"]
+            != "CREATE_IN_PROGRESS"
+            and j
+        ),
+        30,
+    )
+    assert done["status"] == "CREATE_COMPLETE" and done["cloudProviderName"] == first
+    # What the im was asked to make: the chosen flavor and the site's image id pinned.
+    sent = im_double.creates_for(uuid)[0]["tosca"]
+    assert "instance_type: small" in sent and f"image: {first}-img-1" in sent
+
+    # A fail-over: the ranker must learn that one site failed and the other succeeded.
+    im_double.behaviour[first] = "fail"
+    try:
+        uuid2 = client.post("/deployments", json={"template": TEMPLATE}, headers=h).json()["uuid"]
+        d2 = wait_for(
+            lambda: (
+                (j := client.get(f"/deployments/{uuid2}", headers=h).json())["status"]
+                != "CREATE_IN_PROGRESS"
+                and j
+            ),
+            30,
+        )
+    finally:
+        im_double.behaviour.clear()
+    assert d2["status"] == "CREATE_COMPLETE" and d2["cloudProviderName"] == second
+    _, settings = ranker
+    engine = sa.create_engine(settings.database_url)
+
+    def outcomes() -> dict[tuple[str, str], bool]:
+        with engine.connect() as c:
+            rows = c.execute(
+                sa.text(
+                    "SELECT deployment_uuid, site_id, succeeded FROM ranker_deployment_outcomes"
+                )
+            ).all()
+        return {(u, s): bool(ok) for u, s, ok in rows}
+
+    try:
+        got = wait_for(lambda: (o := outcomes()).get((uuid2, second)) is not None and o, 30)
+    finally:
+        engine.dispose()
+    assert got[(uuid, first)] is True
+    assert got[(uuid2, first)] is False
+    assert got[(uuid2, second)] is True
