@@ -119,6 +119,9 @@ def prepare(service: Service, settings: ServiceSettings) -> Running:
                 port=settings.http_port,
                 log_config=None,
                 access_log=False,
+                # The caller's address is the gateway's business (trusted_proxies); uvicorn
+                # would otherwise believe X-Forwarded-For from any loopback peer.
+                proxy_headers=False,
                 lifespan="on",
                 timeout_graceful_shutdown=5,
             )
