@@ -1,0 +1,1 @@
+"""Drivers: one interface (base.Driver), one module per kind of site."""
