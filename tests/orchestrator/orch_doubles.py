@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import httpx
 import sqlalchemy as sa
+import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 from hdc.infoprovider.v1 import infoprovider_pb2 as ip_pb2
 from hdc.infoprovider.v1 import infoprovider_pb2_grpc as ip_grpc
@@ -322,13 +323,14 @@ class ImDouble:
                     "outputs": {"node_ip": "192.0.2.10", "admin_password": "s3cr3t-pa55"},
                     "vms": [
                         {
-                            "id": f"vm-{d['infrastructure_id'][:8]}",
+                            "id": f"vm-{d['infrastructure_id'][:8]}" + (f"-{i}" if i else ""),
                             "state": "configured",
-                            "name": "server",
-                            "node": "server",
-                            "public_ip": "192.0.2.10",
-                            "private_ip": "10.0.0.10",
+                            "name": node,
+                            "node": node,
+                            "public_ip": f"192.0.2.{10 + i}",
+                            "private_ip": f"10.0.0.{10 + i}",
                         }
+                        for i, node in enumerate(compute_nodes(d.get("tosca") or ""))
                     ],
                 },
             )
@@ -386,6 +388,20 @@ class ImDouble:
     def creates_for(self, deployment_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [c for c in self.creates if c["deployment_id"] == deployment_id]
+
+    def user_data_extra_for(self, deployment_id: str) -> list[str | None]:
+        """The `user_data_extra` of every create received for the deployment, in order."""
+        return [c.get("user_data_extra") for c in self.creates_for(deployment_id)]
+
+
+def compute_nodes(tosca: str) -> list[str]:
+    """The template's compute nodes (one VM each, as the im would make); "server" if none."""
+    try:
+        nodes = (yaml.safe_load(tosca) or {})["topology_template"]["node_templates"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return ["server"]
+    names = [n for n, x in nodes.items() if str((x or {}).get("type", "")).endswith("Compute")]
+    return names or ["server"]
 
 
 # ---------------------------------------------------------------------- identities

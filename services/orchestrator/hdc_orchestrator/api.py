@@ -29,6 +29,7 @@ from starlette.responses import StreamingResponse
 
 from hdc_orchestrator import __version__
 from hdc_orchestrator.engine import IN_PROGRESS, Conflict, Engine
+from hdc_orchestrator.hybrid import PlanError, plan_overlay
 from hdc_orchestrator.models import CallbackDelivery, Deployment, DeploymentEvent, Resource
 from hdc_orchestrator.placement import PlacementError
 from hdc_orchestrator.redact import redact, redact_text
@@ -182,9 +183,21 @@ def _check_request(body: dict[str, Any], st: AppState) -> None:
 
 def _validate(body: dict[str, Any]) -> Any:
     try:
-        return validate_template(body["template"], body.get("parameters") or {})
+        validated = validate_template(body["template"], body.get("parameters") or {})
     except TemplateError as exc:
         raise _bad(f"Invalid template: {exc}") from None
+    try:
+        # A hybrid template's vRouter nodes must make a valid overlay (one hub with a public
+        # name, a host per router) before anything is placed.
+        nodes = validated.nodes.values()
+        plan_overlay(
+            validated.resolved_text,
+            {n.name: n.types for n in nodes},
+            {n.name: n.count for n in nodes},
+        )
+    except PlanError as exc:
+        raise _bad(f"Invalid template: {exc}") from None
+    return validated
 
 
 # ---------------------------------------------------------------------- service info

@@ -17,14 +17,17 @@ from typing import Any
 
 import sqlalchemy as sa
 import yaml
+from hdc_common.identity import Identity
 from sqlalchemy.orm import Session, joinedload
 
+from hdc_orchestrator.hybrid import HUB_TYPES, SITE_TYPES, PlanError, plan_overlay, router_script
 from hdc_orchestrator.models import Attempt, CallbackDelivery, Deployment, DeploymentEvent, Resource
 from hdc_orchestrator.placement import PlacementClient, PlacementError, ranked_candidates, site_of
 from hdc_orchestrator.redact import redact, redact_text
 from hdc_orchestrator.settings import OrchestratorSettings
 from hdc_orchestrator.tosca import ValidatedTemplate
 from hdc_orchestrator.views import deployment_json, endpoint_json
+from hdc_orchestrator.vrouter_client import VRouterClient, VRouterError
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +83,13 @@ class Engine:
         settings: OrchestratorSettings,
         placement: PlacementClient | None,
         base_url: Callable[[], str],
+        vrouter: VRouterClient | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
         self.placement = placement
         self.base_url = base_url
+        self.vrouter = vrouter
 
     def minutes(self, n: int) -> timedelta:
         return timedelta(seconds=n * self.settings.minute_s)
@@ -283,18 +288,99 @@ class Engine:
         self.record(
             s, d, "attempt.started", f"attempt {attempt.number} on {site['id']}", site["id"]
         )
-        self.bus.send(
-            s,
-            "im",
-            "im.infrastructure.create",
-            {
-                "infrastructure_id": attempt.infrastructure_id,
-                "deployment_id": d.uuid,
-                "site": site,
-                "tosca": customise_tosca(d.resolved_template, cand, d.requirements),
-                "owner": {"subject": d.owner_subject, "issuer": d.owner_issuer},
-            },
+        command = {
+            "infrastructure_id": attempt.infrastructure_id,
+            "deployment_id": d.uuid,
+            "site": site,
+            "tosca": customise_tosca(d.resolved_template, cand, d.requirements),
+            "owner": {"subject": d.owner_subject, "issuer": d.owner_issuer},
+        }
+        if is_hybrid(d):
+            try:
+                command["user_data_extra"] = self._prepare_overlay(s, d, attempt)
+            except PlanError as exc:
+                attempt.state, attempt.finished_at, attempt.infra_state = "FAILED", t, "deleted"
+                attempt.error = str(exc)
+                for r in d.resources:
+                    r.state, r.updated_at = "ERROR", t
+                self.set_status(s, d, CREATE_FAILED, f"Hybrid template: {exc}", site["id"])
+                return
+            except VRouterError as exc:
+                # Nothing was sent to the im yet; the next provider (if any) gets a new try.
+                self.attempt_failed(s, d, attempt, str(exc))
+                return
+        self.bus.send(s, "im", "im.infrastructure.create", command)
+
+    # ------------------------------------------------------------------ hybrid (vRouter)
+
+    def _prepare_overlay(self, s: Session, d: Deployment, a: Attempt) -> str:
+        """Overlay + sites for this attempt's routers; returns the im's user_data_extra.
+
+        The overlay's ids go on the attempt in this step's transaction (with the im create
+        command), so a restarted replica knows what to remove. Should the transaction roll
+        back after the vrouter said yes, the overlay is deleted again (see _compensate).
+        """
+        plan = plan_overlay(d.resolved_template, type_chains(d))
+        if plan is None:
+            raise PlanError("no vRouter nodes")
+        if self.vrouter is None or not self.vrouter.can_sign:
+            raise VRouterError(
+                "the orchestrator has no vrouter client configured (identity_private_key)"
+            )
+        owner = owner_identity(d)
+        record = self.vrouter.create_overlay(
+            owner, f"deployment-{d.uuid}-attempt-{a.number}", plan, d.user_group
         )
+        self._compensate(s, owner, record["overlay_id"])
+        a.vrouter = record
+        by_host = {
+            site["host"]: self.vrouter.user_data(owner, record["overlay_id"], site["site_id"])
+            for site in record["sites"].values()
+        }
+        self.record(
+            s,
+            d,
+            "vrouter.overlay_created",
+            f"overlay {record['overlay_id']} for attempt {a.number}: "
+            + ", ".join(f"{n} ({x['role']} {x['subnet']})" for n, x in record["sites"].items()),
+            a.site_id,
+        )
+        return router_script(by_host)
+
+    def _compensate(self, s: Session, owner: Identity, overlay_id: str) -> None:
+        made = s.info.setdefault("vrouter_made", [])
+        if not s.info.get("vrouter_listening"):
+            s.info["vrouter_listening"] = True
+
+            def rolled_back(session: Session) -> None:
+                for who, oid in session.info.pop("vrouter_made", []):
+                    try:
+                        self.vrouter.delete_overlay(who, oid)  # type: ignore[union-attr]
+                    except VRouterError as exc:
+                        log.warning("could not delete overlay %s after a rollback: %s", oid, exc)
+
+            def committed(session: Session) -> None:
+                session.info.pop("vrouter_made", None)
+
+            sa.event.listen(s, "after_rollback", rolled_back)
+            sa.event.listen(s, "after_commit", committed)
+        made.append((owner, overlay_id))
+
+    def remove_overlay(self, s: Session, d: Deployment, a: Attempt) -> None:
+        """Delete the attempt's overlay (idempotent; retried by a later delete on failure)."""
+        if not a.vrouter or a.vrouter.get("state") == "deleted":
+            return
+        overlay_id = a.vrouter["overlay_id"]
+        try:
+            if self.vrouter is None:
+                raise VRouterError("the orchestrator has no vrouter client configured")
+            self.vrouter.delete_overlay(owner_identity(d), overlay_id)
+        except VRouterError as exc:
+            a.vrouter = a.vrouter | {"state": "orphaned", "error": str(exc)}
+            self.record(s, d, "vrouter.cleanup_failed", f"overlay {overlay_id}: {exc}", a.site_id)
+            return
+        a.vrouter = a.vrouter | {"state": "deleted"}
+        self.record(s, d, "vrouter.overlay_deleted", f"overlay {overlay_id} deleted", a.site_id)
 
     def attempt_failed(
         self, s: Session, d: Deployment, a: Attempt, message: str, *, timed_out: bool = False
@@ -354,6 +440,7 @@ class Engine:
         )
 
     def delete_infrastructure(self, s: Session, d: Deployment, a: Attempt) -> None:
+        self.remove_overlay(s, d, a)
         if a.infra_state in ("deleting", "deleted"):
             return
         a.infra_state = "deleting"
@@ -423,6 +510,8 @@ class Engine:
         d.cloud_provider_endpoint = endpoint_json(a)
         d.outputs = redact(data.get("outputs") or {}, d.secret_values or [])
         _apply_vms(d, data.get("vms") or [], t)
+        if a.vrouter:
+            _apply_overlay(d, a.vrouter)
         self.record(s, d, "attempt.succeeded", f"attempt {a.number} configured", a.site_id)
         self.set_status(s, d, CREATE_COMPLETE, None, a.site_id)
 
@@ -465,7 +554,7 @@ class Engine:
             s, d, "cleanup.done", f"infrastructure of attempt {a.number} deleted", a.site_id
         )
         if d.status == DELETE_IN_PROGRESS and all(x.infra_state == "deleted" for x in d.attempts):
-            self.finish_delete(s, d)
+            self.finish_delete_unless_overlays_left(s, d)
 
     def _vm_state(self, s: Session, d: Deployment, data: dict[str, Any]) -> None:
         vm_id, state = data.get("vm_id"), str(data.get("state") or "")
@@ -496,13 +585,32 @@ class Engine:
             self.delete_infrastructure(s, d, a)
         for r in d.resources:
             r.state, r.updated_at = "DELETING", t
-        if force or all(a.infra_state == "deleted" for a in d.attempts):
-            self.finish_delete(s, d, forced=force)
+        if force:
+            self.finish_delete(s, d, forced=True)
             return True
+        if all(a.infra_state == "deleted" for a in d.attempts):
+            # Nothing left at the sites: gone now, or DELETE_FAILED if an overlay stays.
+            return self.finish_delete_unless_overlays_left(s, d)
         d.deadline_at = t + self.minutes(self.settings.delete_timeout_mins)
         d.task = "DEPLOYER"
         self.set_status(s, d, DELETE_IN_PROGRESS)
         return False
+
+    def finish_delete_unless_overlays_left(self, s: Session, d: Deployment) -> bool:
+        """The last infrastructure is gone; the deployment goes too once its overlays have.
+
+        A vrouter that could not be reached leaves DELETE_FAILED (so the overlay, and the
+        record of it, are not lost); deleting again retries, force=true purges regardless.
+        """
+        for a in d.attempts:
+            self.remove_overlay(s, d, a)
+        left = overlays_left(d)
+        if left:
+            errors = "; ".join(f"{a.vrouter['overlay_id']}: {a.vrouter.get('error')}" for a in left)
+            self.set_status(s, d, DELETE_FAILED, f"vRouter overlay could not be removed ({errors})")
+            return False
+        self.finish_delete(s, d)
+        return True
 
     def finish_delete(self, s: Session, d: Deployment, forced: bool = False) -> None:
         reason = "purged (force=true)" if forced else None
@@ -526,6 +634,17 @@ class Engine:
         current = next((a for a in d.attempts if a.state == "SUCCEEDED"), None)
         if current is None:
             raise Conflict("the deployment has no running infrastructure to update")
+        if current.vrouter:
+            plan = plan_overlay(
+                validated.resolved_text, {n.name: n.types for n in validated.nodes.values()}
+            )
+            wanted = {r.node: r.host for r in plan.routers} if plan else {}
+            have = {node: x["host"] for node, x in current.vrouter["sites"].items()}
+            if wanted != have:
+                raise Conflict(
+                    "an update cannot add, remove or move vRouter nodes (their routers are "
+                    "enrolled in the deployment's overlay); create a new deployment instead"
+                )
         new_requirements = validated.requirements | {"compute_nodes": _compute_nodes(validated)}
         d.pending_template = json.dumps(
             {
@@ -643,6 +762,44 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def type_chains(d: Deployment) -> dict[str, list[str]]:
+    return {r.node_name: list(r.type_chain or [r.node_type]) for r in d.resources}
+
+
+def is_hybrid(d: Deployment) -> bool:
+    names = (*HUB_TYPES, *SITE_TYPES)
+    return any(t in names for chain in type_chains(d).values() for t in chain)
+
+
+def overlays_left(d: Deployment) -> list[Attempt]:
+    """Attempts whose overlay is still in the vrouter (its removal failed)."""
+    return [a for a in d.attempts if a.vrouter and a.vrouter.get("state") != "deleted"]
+
+
+def owner_identity(d: Deployment) -> Identity:
+    """Who the orchestrator acts for in the vrouter: the deployment's owner (and group)."""
+    groups = (d.user_group,) if d.user_group else ()
+    return Identity(subject=d.owner_subject, issuer=d.owner_issuer, groups=groups)
+
+
+def _apply_overlay(d: Deployment, record: dict[str, Any]) -> None:
+    """The overlay id in outputs; each router host's site/subnet in its VM's extra info."""
+    d.outputs = (d.outputs or {}) | {"vrouter_overlay_id": record["overlay_id"]}
+    by_host = {x["host"]: (node, x) for node, x in record["sites"].items()}
+    for r in d.resources:
+        hit = by_host.get(r.node_name)
+        if hit is None:
+            continue
+        node, x = hit
+        r.meta = (r.meta or {}) | {
+            "vrouter_overlay_id": record["overlay_id"],
+            "vrouter_router": node,
+            "vrouter_role": x["role"],
+            "vrouter_site_id": x["site_id"],
+            "vrouter_subnet": x["subnet"],
+        }
 
 
 def _compute_nodes(v: ValidatedTemplate) -> list[str]:

@@ -101,6 +101,10 @@ class Attempt(Base):
     # active | kept | deleting | deleted: what exists of it at the site
     infra_state: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="active")
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # The vRouter overlay made for this attempt's routers (hybrid templates only):
+    # {"overlay_id", "state": active|deleted|orphaned, "sites": {node: {site_id, role, host}}}.
+    # Written in the transaction that sends the im create, so a restart knows what to remove.
+    vrouter: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     deployment: Mapped[Deployment] = relationship(back_populates="attempts")
 

@@ -18,6 +18,7 @@ from hdc_orchestrator.app import create_app
 from hdc_orchestrator.engine import Engine
 from hdc_orchestrator.placement import PlacementClient
 from hdc_orchestrator.settings import OrchestratorSettings
+from hdc_orchestrator.vrouter_client import VRouterClient, load_private_key
 from hdc_orchestrator.workers import CallbackSender, Sweeper, register_handlers
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -50,8 +51,13 @@ def build(settings: OrchestratorSettings) -> Components:
         settings.grpc_deadline_s,
         settings.tenant,
     )
+    vrouter = VRouterClient(
+        settings.vrouter_target,
+        settings.grpc_deadline_s,
+        load_private_key(settings.identity_private_key),
+    )
     public = settings.public_url.rstrip("/") or f"http://{settings.http_host}:{settings.http_port}"
-    engine = Engine(bus, settings, placement, base_url=lambda: public)
+    engine = Engine(bus, settings, placement, base_url=lambda: public, vrouter=vrouter)
     register_handlers(bus, events_bus, engine)
     state = AppState(
         settings=settings,
@@ -77,7 +83,7 @@ def build(settings: OrchestratorSettings) -> Components:
             backoff_s=settings.callback_backoff_s,
             timeout_s=settings.callback_timeout_s,
         ),
-        _Closer(placement, db),
+        _Closer(placement, vrouter, db),
     ]
     return Components(asgi_app=app, background=background)
 
@@ -85,14 +91,15 @@ def build(settings: OrchestratorSettings) -> Components:
 class _Closer:
     """Releases channels and pooled connections at shutdown (stopped last)."""
 
-    def __init__(self, placement: PlacementClient, db: sa.Engine) -> None:
-        self.placement, self.db = placement, db
+    def __init__(self, placement: PlacementClient, vrouter: VRouterClient, db: sa.Engine) -> None:
+        self.placement, self.vrouter, self.db = placement, vrouter, db
 
     def start(self) -> None:
         pass
 
     def stop(self) -> None:
         self.placement.close()
+        self.vrouter.close()
         self.db.dispose()
 
 

@@ -13,6 +13,13 @@ class OrchestratorSettings(ServiceSettings):
     # gRPC targets of the collaborators.
     infoprovider_target: str = "127.0.0.1:9103"
     ranker_target: str = "127.0.0.1:9104"
+    # The vrouter controller (gRPC), for templates with vRouter hub/site-router nodes.
+    vrouter_target: str = "127.0.0.1:9105"
+    # PEM (or path to one) of the Ed25519 key the gateway signs X-HDC-Identity with. The
+    # orchestrator calls the vrouter on behalf of a deployment's owner long after the owner's
+    # request (and its 60 s identity token) is over: on placement retries, provider timeouts
+    # and deletes. Empty: hybrid (vRouter) templates are refused at placement.
+    identity_private_key: str = ""
     grpc_deadline_s: float = Field(5.0, gt=0)
     # When the infoprovider or ranker cannot be reached, ask again this often, this many times.
     placement_retry_s: float = Field(10.0, gt=0)
