@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from hdc_common.settings import ServiceSettings, service_config
+from hdc_common.tosca_types import type_files
 from pydantic import BaseModel, Field
 
 DriverType = Literal["local", "dummy", "ec2", "openstack", "kubernetes", "marathon", "libcloud"]
@@ -62,7 +63,10 @@ class ImSettings(ServiceSettings):
     sync_timeout_s: float = 120.0
     reconcile_interval_s: float = 60.0
     # Extra TOSCA type files (e.g. tosca-templates/indigo/custom_types.yaml).
-    tosca_types_files: list[str] = Field(default_factory=list)
+    # The im's own minimal types cover INDIGO templates; the vRouter types add hybrid routers.
+    tosca_types_files: list[str] = Field(
+        default_factory=lambda: type_files("vrouter/vrouter_types.yaml")
+    )
     # OIDC issuers whose bearer tokens the IM-compatible API accepts (signature checked by JWKS
     # at the gateway; here the token names the owner). Empty: any issuer.
     oidc_issuers: list[str] = Field(default_factory=list)

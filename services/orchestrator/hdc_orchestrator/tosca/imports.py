@@ -9,11 +9,11 @@ server files.
 
 from __future__ import annotations
 
-import functools
-import os
 import re
 from pathlib import Path
 from typing import Any
+
+from hdc_common.tosca_types import types_dir
 
 INDIGO_TYPES_URL = re.compile(
     r"^https?://(raw\.githubusercontent\.com/indigo-dc/tosca-types/[^/]+/"
@@ -28,20 +28,6 @@ SHORT_NAMES = {
 
 class ImportRefused(ValueError):
     pass
-
-
-@functools.cache
-def types_dir() -> Path:
-    """The `tosca-templates/` folder: from HDC_TOSCA_TYPES_DIR, else found above this file."""
-    env = os.environ.get("HDC_TOSCA_TYPES_DIR")
-    if env:
-        return Path(env)
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "tosca-templates"
-        if (candidate / "indigo" / "custom_types.yaml").is_file():
-            return candidate
-    # Installed without the repository (container image): the Dockerfile copies it here.
-    return Path("/opt/hdc/tosca-templates")
 
 
 def resolve_import(ref: str, base: Path) -> str:
