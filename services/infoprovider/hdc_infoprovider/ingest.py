@@ -1,0 +1,659 @@
+"""Ingestion of a site report: authenticate, validate, then make the registry equal to it.
+
+One report replaces everything its site published before, except what the report itself says
+it could not read: services of an unhealthy collector, and a service's `failed_parts`, keep
+their previous rows (and those rows' old validity, so they still expire on time).
+
+A refused report is recorded with its reason in `ip_rejected_reports` in the caller's
+transaction and the call returns normally: refusing is a decision, not an error, so the bus
+must not retry it. Only a transient failure (the IdP's JWKS unreachable) raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from hdc_infoprovider import models as m
+from hdc_infoprovider.agent_auth import AgentIdentity, AgentTokenVerifier, AuthError
+from hdc_infoprovider.report import Flavor, Image, Network, Quota, Service, SiteReport, utcnow
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+EVENT_SITE_CHANGED = "infoprovider.site.changed"
+UID_NAMESPACE = uuid.UUID("6f1f3c3e-3c55-4c1e-9a3b-6d1b7f0e7a21")
+EXCERPT_CHARS = 8192
+CLOCK_SKEW = timedelta(minutes=5)
+
+Emit = Callable[[Session, str, dict[str, Any], str], None]
+
+
+@dataclass
+class IngestResult:
+    accepted: bool
+    site_id: str = ""
+    reason: str = ""
+    kind: str = ""
+    status: str = ""
+    changes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return any(any(v.values()) for v in self.changes.values())
+
+
+class Refused(Exception):
+    """kind: invalid | too_large | unauthenticated | forbidden | conflict (maps to 400..409)."""
+
+    def __init__(
+        self,
+        reason: str,
+        claimed_site: str = "",
+        who: AgentIdentity | None = None,
+        kind: str = "invalid",
+    ):
+        super().__init__(reason)
+        self.reason = reason
+        self.claimed_site = claimed_site
+        self.who = who
+        self.kind = kind
+
+
+def uid(*parts: str) -> str:
+    return uuid.uuid5(UID_NAMESPACE, "\x1f".join(parts)).hex
+
+
+def _digest(values: Iterable[Any]) -> str:
+    return hashlib.blake2b(repr(tuple(values)).encode(), digest_size=16).hexdigest()
+
+
+def to_utc(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything the registry stores is UTC."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        verifier: AgentTokenVerifier,
+        emit: Emit | None = None,
+        max_report_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.verifier = verifier
+        self.emit = emit
+        self.max_report_bytes = max_report_bytes
+
+    # ------------------------------------------------------------------ entry points
+
+    def handle_envelope(
+        self,
+        session: Session,
+        envelope: Any,
+        *,
+        event_id: str = "",
+        transport: str = "amqp",
+        raw_size: int | None = None,
+    ) -> IngestResult:
+        """Envelope = CloudEvent data: {"access_token": <JWT>, "report": <site report>}."""
+        size = raw_size if raw_size is not None else _json_size(envelope)
+        try:
+            if size > self.max_report_bytes:
+                raise Refused(
+                    f"report of {size} bytes exceeds the limit of {self.max_report_bytes} bytes",
+                    _claimed(envelope),
+                    kind="too_large",
+                )
+            if not isinstance(envelope, dict):
+                raise Refused(
+                    "report envelope must be a JSON object with access_token and report, "
+                    f"got {type(envelope).__name__}"
+                )
+            extra = set(envelope) - {"access_token", "report"}
+            if extra:
+                raise Refused(
+                    f"unknown envelope fields: {', '.join(sorted(map(str, extra)))}",
+                    _claimed(envelope),
+                )
+            try:
+                who = self.verifier.verify(envelope.get("access_token"))
+            except AuthError as exc:
+                raise Refused(str(exc), _claimed(envelope), kind="unauthenticated") from None
+            raw_report = envelope.get("report")
+            if not isinstance(raw_report, dict):
+                raise Refused("envelope has no report object", who=who)
+            try:
+                report = SiteReport.model_validate(raw_report)
+            except ValidationError as exc:
+                raise Refused(
+                    "report does not match the site-report schema: " + _errors(exc),
+                    _claimed(envelope),
+                    who,
+                ) from None
+            return self.apply(session, report, who)
+        except Refused as exc:
+            self._record_refusal(session, exc, envelope, event_id, transport, size)
+            log.warning(
+                "site report refused",
+                extra={"reason": exc.reason, "claimed_site": exc.claimed_site, "event": event_id},
+            )
+            return IngestResult(False, exc.claimed_site, exc.reason, exc.kind)
+
+    def apply(self, session: Session, report: SiteReport, who: AgentIdentity) -> IngestResult:
+        """Make the registry equal to an authenticated, schema-valid report."""
+        site_id = report.site.id
+        if site_id != who.site_id:
+            raise Refused(
+                f"client {who.client_id!r} speaks for site {who.site_id!r} but the report "
+                f"claims site {site_id!r}",
+                site_id,
+                who,
+                "forbidden",
+            )
+        for svc in report.services:
+            if svc.site_id is not None and svc.site_id != who.site_id:
+                raise Refused(
+                    f"service {svc.id!r} claims site {svc.site_id!r}; client "
+                    f"{who.client_id!r} may only write records of site {who.site_id!r}",
+                    site_id,
+                    who,
+                    "forbidden",
+                )
+        now = utcnow()
+        try:
+            _check_times(report, now)
+            _check_unique(report)
+        except Refused as exc:
+            exc.who = who
+            raise
+
+        site = _lock_site(session, site_id)
+        if site is not None and to_utc(report.creationTime) <= to_utc(site.creation_time):
+            raise Refused(
+                f"report created at {report.creationTime.isoformat()} is not newer than the one "
+                f"held (created at {site.creation_time.isoformat()})",
+                site_id,
+                who,
+                "conflict",
+            )
+        previous_status = _effective_status(site, now) if site is not None else "new"
+        status = _report_status(report)
+        valid_until = report.creationTime + timedelta(seconds=report.validity)
+        values = {
+            "name": report.site.name,
+            "country": report.site.country,
+            "gocdb_id": report.site.gocdb_id,
+            "homepage": report.site.homepage,
+            "support_emails": list(report.site.support_emails),
+            "status": status,
+            "health": [h.model_dump() for h in report.health],
+            "creation_time": report.creationTime,
+            "validity_s": report.validity,
+            "valid_until": valid_until,
+            "last_report_at": now,
+            "client_id": who.client_id,
+            "agent": report.agent.model_dump(),
+        }
+        if site is None:
+            session.execute(_SITE_INSERT, [{"id": site_id, "reports_accepted": 1, **values}])
+        else:
+            session.execute(_SITE_UPDATE, [{"b_id": site_id, **values}])
+        changes = _sync_services(session, site_id, report, created=site is None)
+        if any(any(changes[k].values()) for k in ("services", "flavors", "images", "networks")):
+            session.execute(_SITE_BUMP, {"b_id": site_id})
+        result = IngestResult(True, site_id, status=status, changes=changes)
+        if self.emit is not None and (result.changed or previous_status != status):
+            self.emit(
+                session,
+                EVENT_SITE_CHANGED,
+                {
+                    "site_id": site_id,
+                    "status": status,
+                    "previous_status": previous_status,
+                    "valid_until": valid_until.isoformat(),
+                    "changes": changes,
+                },
+                site_id,
+            )
+        return result
+
+    # ------------------------------------------------------------------ refusals
+
+    def _record_refusal(
+        self,
+        session: Session,
+        exc: Refused,
+        envelope: Any,
+        event_id: str,
+        transport: str,
+        size: int,
+    ) -> None:
+        session.add(
+            m.RejectedReport(
+                received_at=utcnow(),
+                event_id=str(event_id)[:255],
+                transport=transport,
+                claimed_site=exc.claimed_site[:255],
+                authenticated_site=exc.who.site_id if exc.who else "",
+                client_id=exc.who.client_id if exc.who else "",
+                issuer=exc.who.issuer if exc.who else "",
+                reason=exc.reason[:4000],
+                size_bytes=size,
+                excerpt=_excerpt(envelope),
+            )
+        )
+
+
+# ---------------------------------------------------------------------- statements
+# Built once: ingestion runs hundreds of times a second and SQLAlchemy then reuses the
+# compiled SQL without rebuilding cache keys.
+
+_SITES = m.Site.__table__
+_SERVICES = m.Service.__table__
+_SITE_VALUES = (
+    "name", "country", "gocdb_id", "homepage", "support_emails", "status", "health",
+    "creation_time", "validity_s", "valid_until", "last_report_at", "client_id", "agent",
+)  # fmt: skip
+_SITE_INSERT = _SITES.insert()
+_SITE_UPDATE = (
+    _SITES.update()
+    .where(_SITES.c.id == sa.bindparam("b_id"))
+    .values(
+        reports_accepted=_SITES.c.reports_accepted + 1,
+        **{k: sa.bindparam(k) for k in _SITE_VALUES},
+    )
+)
+_SITE_BUMP = (
+    _SITES.update()
+    .where(_SITES.c.id == sa.bindparam("b_id"))
+    .values(catalog_version=_SITES.c.catalog_version + 1)
+)
+_SITE_LOCK = sa.select(_SITES.c.creation_time, _SITES.c.valid_until, _SITES.c.status).where(
+    _SITES.c.id == sa.bindparam("site_id")
+)
+_SITE_LOCK_PG = _SITE_LOCK.with_for_update()
+_SERVICES_OF_SITE = sa.select(
+    _SERVICES.c.id, _SERVICES.c.digest, _SERVICES.c.component, _SERVICES.c.part_digests
+).where(_SERVICES.c.site_id == sa.bindparam("site_id"))
+_SERVICE_INSERT = _SERVICES.insert()
+_SERVICE_DELETE = _SERVICES.delete().where(_SERVICES.c.id.in_(sa.bindparam("ids", expanding=True)))
+_SERVICE_UNHEALTHY = (
+    _SERVICES.update()
+    .where(_SERVICES.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(healthy=False)
+)
+_SERVICE_UPDATES: dict[tuple[str, ...], Any] = {}
+
+
+def _service_update(columns: tuple[str, ...]) -> Any:
+    stmt = _SERVICE_UPDATES.get(columns)
+    if stmt is None:
+        stmt = _SERVICE_UPDATES[columns] = (
+            _SERVICES.update()
+            .where(_SERVICES.c.id == sa.bindparam("b_id"))
+            .values({c: sa.bindparam(c) for c in columns if c != "id"})
+        )
+    return stmt
+
+
+_HELD = sa.union_all(
+    *[
+        sa.select(sa.literal(part).label("part"), model.service_id, model.id, model.digest).where(
+            model.service_id.in_(sa.bindparam("sids", expanding=True))
+        )
+        for part, model in m.CHILD_MODELS.items()
+    ]
+)
+
+
+def _child_statements(model: Any) -> tuple[Any, Any, Any]:
+    t = model.__table__
+    cols = [c.name for c in t.columns if c.name not in ("service_id", "id", "uid")]
+    update = (
+        t.update()
+        .where(t.c.service_id == sa.bindparam("b_service_id"), t.c.id == sa.bindparam("b_id"))
+        .values({c: sa.bindparam(c) for c in cols})
+    )
+    delete = t.delete().where(
+        t.c.service_id == sa.bindparam("sid"), t.c.id.in_(sa.bindparam("ids", expanding=True))
+    )
+    return t.insert(), update, delete
+
+
+_CHILD = {part: _child_statements(model) for part, model in m.CHILD_MODELS.items()}
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, separators=(",", ":"), default=str))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _claimed(envelope: Any) -> str:
+    if isinstance(envelope, dict):
+        report = envelope.get("report")
+        if isinstance(report, dict) and isinstance(report.get("site"), dict):
+            return str(report["site"].get("id", ""))[:255]
+    return ""
+
+
+def _excerpt(envelope: Any) -> str:
+    """What operators see of a refused report: never the token."""
+    if isinstance(envelope, dict):
+        shown = {k: v for k, v in envelope.items() if k != "access_token"}
+        if "access_token" in envelope:
+            shown["access_token"] = "(removed)"
+        text = json.dumps(shown, default=str)
+    else:
+        text = json.dumps(envelope, default=str) if _json_size(envelope) else repr(envelope)
+    return text[:EXCERPT_CHARS]
+
+
+def _errors(exc: ValidationError, limit: int = 5) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "(report)"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _check_times(report: SiteReport, now: datetime) -> None:
+    if report.creationTime > now + CLOCK_SKEW:
+        raise Refused(
+            f"report creationTime {report.creationTime.isoformat()} is in the future",
+            report.site.id,
+        )
+    if report.creationTime + timedelta(seconds=report.validity) < now:
+        raise Refused(
+            f"report expired before it arrived (created {report.creationTime.isoformat()}, "
+            f"validity {report.validity} s)",
+            report.site.id,
+        )
+    for svc in report.services:
+        for rec in [svc, *svc.flavors, *svc.images, *svc.networks, *svc.quotas]:
+            if rec.creationTime is not None and rec.creationTime > now + CLOCK_SKEW:
+                raise Refused(
+                    f"service {svc.id!r}: a record's creationTime "
+                    f"{rec.creationTime.isoformat()} is in the future",
+                    report.site.id,
+                )
+
+
+def _check_unique(report: SiteReport) -> None:
+    seen: set[str] = set()
+    for svc in report.services:
+        if svc.id in seen:
+            raise Refused(f"service id {svc.id!r} appears twice", report.site.id)
+        seen.add(svc.id)
+        for part in ("flavors", "images", "networks", "quotas"):
+            ids = [r.tenant if part == "quotas" else r.id for r in getattr(svc, part)]
+            if len(ids) != len(set(ids)):
+                dup = next(i for i in ids if ids.count(i) > 1)
+                raise Refused(
+                    f"service {svc.id!r}: {part} id {dup!r} appears twice", report.site.id
+                )
+
+
+def _report_status(report: SiteReport) -> str:
+    if report.unhealthy_components() or any(
+        not s.healthy or s.failed_parts for s in report.services
+    ):
+        return "degraded"
+    return "up"
+
+
+def _effective_status(site: m.Site, now: datetime) -> str:
+    return "down" if to_utc(site.valid_until) < now else site.status
+
+
+def _lock_site(session: Session, site_id: str) -> Any:
+    # PostgreSQL: replicas handling two reports of one site serialise here.
+    # SQLite: writers are already serialised by BEGIN IMMEDIATE.
+    pg = session.get_bind().dialect.name == "postgresql"
+    return session.execute(_SITE_LOCK_PG if pg else _SITE_LOCK, {"site_id": site_id}).first()
+
+
+# ---------------------------------------------------------------------- sync
+
+
+def _fresh(rec: Any, default_ct: datetime, default_validity: int) -> tuple[datetime, int]:
+    ct = rec.creationTime or default_ct
+    validity = rec.validity or default_validity
+    return ct, validity
+
+
+def _service_row(
+    site_id: str, svc: Service, ct: datetime, validity: int, new: bool
+) -> dict[str, Any]:
+    sid = f"{site_id}.{svc.id}"
+    content = {
+        "site_id": site_id,
+        "local_id": svc.id,
+        "type": svc.type,
+        "endpoint": svc.endpoint,
+        "region": svc.region,
+        "api_version": svc.api_version,
+        "component": svc.component,
+        "healthy": svc.healthy,
+        "failed_parts": sorted(svc.failed_parts),
+        "public_ip_assignable": svc.public_ip_assignable,
+        "identity_providers": [i.model_dump() for i in svc.identity_providers],
+        "cost": svc.cost.model_dump() if svc.cost else None,
+        "properties": dict(sorted(svc.properties.items())),
+    }
+    row = {"id": sid, "uid": uid(sid), **content}
+    row["digest"] = _digest(content.values())
+    row["part_digests"] = _part_digests(svc)
+    valid_until = ct + timedelta(seconds=validity)
+    row.update(creation_time=ct, validity_s=validity, valid_until=valid_until)
+    for part in PART_NAMES:
+        # A part the collector could not read keeps the freshness of its last good reading.
+        if part not in svc.failed_parts or new:
+            row[f"{part}_creation_time"] = ct
+            row[f"{part}_validity_s"] = validity
+            row[f"{part}_valid_until"] = valid_until
+    return row
+
+
+def _flavor_content(f: Any) -> dict[str, Any]:
+    return {
+        "name": f.name,
+        "cpus": f.cpus,
+        "ram_mb": f.ram_mb,
+        "disk_gb": f.disk_gb,
+        "gpus": f.gpus,
+        "gpu_vendor": f.gpu_vendor,
+        "gpu_model": f.gpu_model,
+        "infiniband": f.infiniband,
+        "public": f.public,
+        "properties": dict(sorted(f.properties.items())),
+    }
+
+
+def _image_content(i: Any) -> dict[str, Any]:
+    return {
+        "name": i.name,
+        "os_type": i.os_type,
+        "os_distribution": i.os_distribution,
+        "os_version": i.os_version,
+        "architecture": i.architecture,
+        "cuda": i.cuda,
+        "cuda_version": i.cuda_version,
+        "cudnn_version": i.cudnn_version,
+        "gpu_driver": i.gpu_driver,
+        "docker_image": i.docker_image,
+        "user_name": i.user_name,
+        "description": i.description,
+        "properties": dict(sorted(i.properties.items())),
+    }
+
+
+def _network_content(n: Any) -> dict[str, Any]:
+    return {"name": n.name, "public": n.public, "shared": n.shared, "cidr": n.cidr}
+
+
+def _quota_content(q: Any) -> dict[str, Any]:
+    return {
+        "project_id": q.project_id,
+        "project_name": q.project_name,
+        "limits": q.limits.model_dump(exclude_none=True),
+        "usage": q.usage.model_dump(exclude_none=True),
+    }
+
+
+PART_NAMES = ("flavors", "images", "networks", "quotas")
+_PART_JSON = {
+    "flavors": TypeAdapter(list[Flavor]),
+    "images": TypeAdapter(list[Image]),
+    "networks": TypeAdapter(list[Network]),
+    "quotas": TypeAdapter(list[Quota]),
+}
+
+
+def _part_digests(svc: Service) -> dict[str, str]:
+    """Hash of each part as reported (serialised in Rust: cheap even for 200 images)."""
+    return {
+        part: hashlib.blake2b(
+            _PART_JSON[part].dump_json(getattr(svc, part)), digest_size=16
+        ).hexdigest()
+        for part in PART_NAMES
+        if part not in svc.failed_parts
+    }
+
+
+PARTS: dict[str, tuple[Callable[[Any], dict[str, Any]], Callable[[Any], str]]] = {
+    "flavors": (_flavor_content, lambda r: r.id),
+    "images": (_image_content, lambda r: r.id),
+    "networks": (_network_content, lambda r: r.id),
+    "quotas": (_quota_content, lambda r: r.tenant),
+}
+
+
+def _empty_changes() -> dict[str, dict[str, int]]:
+    return {
+        k: {"added": 0, "updated": 0, "removed": 0}
+        for k in ("services", "flavors", "images", "networks", "quotas")
+    }
+
+
+def _sync_services(
+    session: Session, site_id: str, report: SiteReport, created: bool
+) -> dict[str, dict[str, int]]:
+    changes = _empty_changes()
+    unhealthy = report.unhealthy_components()
+    existing = {}
+    if not created:
+        existing = {r.id: r for r in session.execute(_SERVICES_OF_SITE, {"site_id": site_id})}
+    incoming: dict[str, tuple[Service, dict[str, Any]]] = {}
+    for svc in report.services:
+        ct, validity = _fresh(svc, report.creationTime, report.validity)
+        sid = f"{site_id}.{svc.id}"
+        row = _service_row(site_id, svc, ct, validity, new=sid not in existing)
+        incoming[sid] = (svc, row)
+
+    # Vanished services go, unless their collector failed this time (then they are kept
+    # and expire on their own validity).
+    gone = [
+        sid for sid, r in existing.items() if sid not in incoming and r.component not in unhealthy
+    ]
+    if gone:
+        session.execute(_SERVICE_DELETE, {"ids": gone})
+        changes["services"]["removed"] = len(gone)
+    kept = [sid for sid, r in existing.items() if sid not in incoming and r.component in unhealthy]
+    if kept:
+        # Kept from before, but their collector failed: not fit for placement until it recovers.
+        session.execute(_SERVICE_UNHEALTHY, {"ids": kept})
+
+    for sid, (_, row) in incoming.items():
+        if sid in existing:
+            # A part not read this time keeps the digest of its rows, which stay.
+            row["part_digests"] = {**(existing[sid].part_digests or {}), **row["part_digests"]}
+    new_rows = [row for sid, (_, row) in incoming.items() if sid not in existing]
+    if new_rows:
+        session.execute(_SERVICE_INSERT, new_rows)
+        changes["services"]["added"] = len(new_rows)
+    # Updates grouped by the columns they set (a failed part leaves its freshness alone).
+    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for sid, (_, row) in incoming.items():
+        if sid in existing:
+            by_shape.setdefault(tuple(sorted(row)), []).append(row)
+            if existing[sid].digest != row["digest"]:
+                changes["services"]["updated"] += 1
+    for shape, rows in by_shape.items():
+        session.execute(_service_update(shape), [{"b_id": r["id"], **r} for r in rows])
+
+    # What the registry holds of every part of these services, in one round trip.
+    def unchanged(sid: str, part: str) -> bool:
+        old = existing[sid].part_digests if sid in existing else None
+        return bool(old) and old.get(part) == incoming[sid][1]["part_digests"].get(part)
+
+    held: dict[tuple[str, str], dict[str, str]] = {}
+    old_ids = [
+        sid
+        for sid, (svc, _) in incoming.items()
+        if sid in existing
+        and any(p not in svc.failed_parts and not unchanged(sid, p) for p in PART_NAMES)
+    ]
+    if old_ids:
+        for r in session.execute(_HELD, {"sids": old_ids}):
+            held.setdefault((r.part, r.service_id), {})[r.id] = r.digest
+
+    for part, (content_fn, key_fn) in PARTS.items():
+        insert_stmt, update_stmt, delete_stmt = _CHILD[part]
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for sid, (svc, srow) in incoming.items():
+            if part in svc.failed_parts or unchanged(sid, part):
+                continue
+            have = held.get((part, sid), {})
+            default = (srow["creation_time"], srow["validity_s"])
+            seen: set[str] = set()
+            for rec in getattr(svc, part):
+                rid = key_fn(rec)
+                seen.add(rid)
+                content = content_fn(rec)
+                ct, validity = _fresh(rec, *default)
+                if (ct, validity) == default:
+                    own = {"creation_time": None, "validity_s": None, "valid_until": None}
+                else:  # the site dated this record itself (e.g. GLUE objects)
+                    own = {
+                        "creation_time": ct,
+                        "validity_s": validity,
+                        "valid_until": ct + timedelta(seconds=validity),
+                    }
+                digest = _digest([*content.values(), own["creation_time"], own["validity_s"]])
+                old = have.get(rid)
+                if old is None:
+                    inserts.append(
+                        {"service_id": sid, "id": rid, "uid": uid(sid, part, rid), "digest": digest}
+                        | content
+                        | own
+                    )
+                elif old != digest:
+                    updates.append(
+                        {"b_service_id": sid, "b_id": rid, "digest": digest} | content | own
+                    )
+            vanished = [rid for rid in have if rid not in seen]
+            if vanished:
+                session.execute(delete_stmt, {"sid": sid, "ids": vanished})
+                changes[part]["removed"] += len(vanished)
+        if updates:
+            session.execute(update_stmt, updates)
+            changes[part]["updated"] += len(updates)
+        if inserts:
+            session.execute(insert_stmt, inserts)
+            changes[part]["added"] += len(inserts)
+    return changes

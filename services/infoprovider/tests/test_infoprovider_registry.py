@@ -1,0 +1,232 @@
+"""Registry semantics over HTTP (POST /v1/reports) and the INDIGO CMDB-compatible views."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hdc.infoprovider.v1 import infoprovider_pb2 as pb
+from hdc_infoprovider.liveness import DownDetector
+from hdc_infoprovider.report import utcnow
+
+from tests.fakes.oidc_provider import FakeOIDCProvider
+from tests.infoprovider.harness import Registry, registry_settings
+
+
+@pytest.fixture
+def op():
+    with FakeOIDCProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def reg(op, sqlite_url):
+    registry = Registry(
+        **registry_settings(
+            op,
+            {"agent-a": "site-a"},
+            database_url=sqlite_url,
+            bus_url=f"memory:///ip-{uuid.uuid4().hex[:8]}",
+        )  # fmt: skip
+    ).start()
+    yield registry
+    registry.stop()
+
+
+def report(created_ago_s: float = 5, validity: int = 600, **svc: Any) -> dict[str, Any]:
+    service = {
+        "id": "nova",
+        "type": "org.openstack.nova",
+        "endpoint": "https://keystone.site-a.example.org:5000/v3",
+        "component": "openstack",
+        "identity_providers": [{"issuer": "https://iam.example.org/", "name": "iam"}],
+        "flavors": [
+            {"id": "1", "name": "small", "cpus": 2, "ram_mb": 4096, "disk_gb": 20},
+            {
+                "id": "2",
+                "name": "gpu",
+                "cpus": 8,
+                "ram_mb": 32768,
+                "gpus": 1,
+                "gpu_vendor": "nvidia",
+                "gpu_model": "T4",
+            },
+        ],  # fmt: skip
+        "images": [
+            {
+                "id": "img-1",
+                "name": "ubuntu-22.04",
+                "os_type": "linux",
+                "os_distribution": "ubuntu",
+                "os_version": "22.04",
+                "architecture": "x86_64",
+            },
+        ],  # fmt: skip
+        "networks": [{"id": "net-1", "name": "public", "public": True}],
+        "quotas": [
+            {
+                "tenant": "vo.example.eu",
+                "project_id": "p1",
+                "project_name": "vo-example",
+                "limits": {"instances": 10, "cores": 20},
+                "usage": {"instances": 1, "cores": 2},
+            },
+        ],  # fmt: skip
+    }
+    service.update(svc)
+    return {
+        "site": {"id": "site-a", "name": "Site A", "country": "IT"},
+        "creationTime": (utcnow() - timedelta(seconds=created_ago_s)).isoformat(),
+        "validity": validity,
+        "services": [service],
+    }
+
+
+def post(reg: Registry, op, doc: dict[str, Any]) -> Any:
+    return reg.http.post(
+        "/v1/reports", json=doc, headers={"Authorization": f"Bearer {op.issue_token('agent-a')}"}
+    )
+
+
+def test_upsert_delete_and_order_of_reports(reg, op):
+    assert post(reg, op, report(created_ago_s=30)).status_code == 202
+    doc = report(created_ago_s=20)
+    doc["services"][0]["flavors"].pop(0)
+    doc["services"][0]["flavors"][0]["gpu_model"] = "Tesla T4"
+    body = post(reg, op, doc).json()
+    assert body["changes"]["flavors"] == {"added": 0, "updated": 1, "removed": 1}
+    assert body["changes"]["images"] == {"added": 0, "updated": 0, "removed": 0}
+    site = reg.site("site-a")
+    assert [(f.id, f.gpu_model) for f in site.services[0].flavors] == [("2", "Tesla T4")]
+    # Every record carries its freshness.
+    fl = site.services[0].flavors[0]
+    assert fl.freshness.validity_s == 600 and not fl.freshness.stale
+    # A report older than the one held is refused (out-of-order delivery).
+    resp = post(reg, op, report(created_ago_s=25))
+    assert resp.status_code == 409
+    # A vanished service goes with its records.
+    doc = report(created_ago_s=10)
+    doc["services"] = []
+    assert post(reg, op, doc).json()["changes"]["services"]["removed"] == 1
+    assert not reg.site("site-a").services
+
+
+def test_records_dated_by_the_site_expire_on_their_own(reg, op):
+    doc = report()
+    # One image carries its own, short validity that has already run out.
+    doc["services"][0]["images"].append(
+        {"id": "img-old", "name": "ubuntu-22.04-old", "os_distribution": "ubuntu",
+         "os_version": "22.04", "creationTime": (utcnow() - timedelta(seconds=400)).isoformat(),
+         "validity": 300}
+    )  # fmt: skip
+    assert post(reg, op, doc).status_code == 202
+    res = reg.find(image=pb.ImageRequirement(os_distribution="ubuntu"))
+    assert [i.id for i in res.candidates[0].images] == ["img-1"]
+    images = {i.id: i for i in reg.site("site-a").services[0].images}
+    assert images["img-old"].freshness.stale and images["img-old"].freshness.validity_s == 300
+    assert not images["img-1"].freshness.stale
+
+
+def test_failed_part_keeps_rows_and_their_freshness(reg, op):
+    assert post(reg, op, report(created_ago_s=100)).status_code == 202
+    before = reg.site("site-a").services[0].images[0].freshness.creation_time.ToDatetime()
+    doc = report(created_ago_s=5, images=[], failed_parts=["images"])
+    assert post(reg, op, doc).status_code == 202
+    svc = reg.site("site-a").services[0]
+    assert [i.id for i in svc.images] == ["img-1"]
+    assert svc.images[0].freshness.creation_time.ToDatetime() == before
+    assert reg.site("site-a").summary.status == pb.STATUS_DEGRADED
+
+
+def test_down_detector_marks_and_announces_once(reg, op):
+    assert post(reg, op, report(created_ago_s=55, validity=60)).status_code == 202
+    events: list[tuple[str, dict]] = []
+    detector = DownDetector(
+        reg.components.background[0].sessions, lambda s, t, d, sub: events.append((t, d))
+    )
+    assert detector.sweep() == []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not detector.sweep():
+        time.sleep(0.2)
+    assert events and events[0][0] == "infoprovider.site.changed"
+    assert events[0][1]["status"] == "down" and events[0][1]["previous_status"] == "up"
+    assert detector.sweep() == []  # announced once
+    assert reg.site("site-a").summary.status == pb.STATUS_DOWN
+
+
+def test_cmdb_compatible_documents(reg, op):
+    assert post(reg, op, report()).status_code == 202
+    http = reg.http
+    prov = http.get("/cmdb/v1/provider/id/site-a?include_docs=true").json()
+    assert prov["_id"] == "site-a" and prov["type"] == "provider"
+    assert prov["data"]["name"] == "Site A" and prov["data"]["country"] == "IT"
+
+    services = http.get("/cmdb/v1/provider/id/site-a/has_many/services?include_docs=true").json()
+    (row,) = services["rows"]
+    assert row["id"] == "site-a.nova" and row["key"] == ["site-a", "services"]
+    data = row["doc"]["data"]
+    assert data["service_type"] == "org.openstack.nova" and data["type"] == "compute"
+    assert data["provider_id"] == "site-a" and data["hostname"] == "keystone.site-a.example.org"
+    assert data["iam_enabled"] is True and "creationTime" in data
+
+    assert http.get("/cmdb/v1/service/id/site-a.nova").json()["data"]["endpoint"].endswith("/v3")
+    flavors = http.get("/cmdb/v1/service/id/site-a.nova/has_many/flavors?include_docs=true").json()
+    gpu = next(r["doc"]["data"] for r in flavors["rows"] if r["doc"]["data"]["flavor_id"] == "2")
+    assert (gpu["num_vcpus"], gpu["ram"], gpu["num_gpus"], gpu["gpu_model"]) == (8, 32768, 1, "T4")
+    assert gpu["service"] == "site-a.nova" and gpu["infiniband_support"] is False
+    images = http.get("/cmdb/v1/service/id/site-a.nova/has_many/images?include_docs=true").json()
+    img = images["rows"][0]
+    assert img["doc"]["data"]["image_name"] == "ubuntu-22.04"
+    assert (
+        img["doc"]["data"]["distribution"] == "ubuntu" and img["doc"]["data"]["version"] == "22.04"
+    )
+    assert http.get(f"/cmdb/v1/image/id/{img['id']}").json()["data"]["image_id"] == "img-1"
+    no_docs = http.get("/cmdb/v1/service/id/site-a.nova/has_many/images").json()
+    assert (
+        "doc" not in no_docs["rows"][0]
+        and no_docs["rows"][0]["value"]["image_name"] == "ubuntu-22.04"
+    )
+
+    tenants = http.get("/cmdb/v1/service/id/site-a.nova/has_many/tenants?include_docs=true").json()
+    tenant = tenants["rows"][0]["doc"]["data"]
+    assert tenant["tenant_id"] == "p1" and tenant["tenant_name"] == "vo-example"
+    assert (
+        tenant["iam_organisation"] == "vo.example.eu" and tenant["public_network_name"] == "public"
+    )
+    by_org = http.get(
+        "/cmdb/v1/tenant/filters/iam_organisation/vo.example.eu?include_docs=true"
+    ).json()
+    assert by_org["rows"][0]["id"] == tenants["rows"][0]["id"]
+    tenant_flavors = http.get(
+        f"/cmdb/v1/tenant/id/{by_org['rows'][0]['id']}/has_many/flavors"
+    ).json()
+    assert len(tenant_flavors["rows"]) == 2
+
+    listing = http.get("/cmdb/v1/flavor/list?limit=1&skip=1&include_docs=true").json()
+    assert listing["total_rows"] == 2 and listing["offset"] == 1 and len(listing["rows"]) == 1
+    assert http.get("/cmdb/v1/provider/list").json()["rows"][0]["id"] == "site-a"
+    assert http.get("/cmdb/v1/service/list").json()["total_rows"] == 1
+    assert http.get("/cmdb/v1/image/list").json()["total_rows"] == 1
+    assert http.get("/cmdb/v1/tenant/list").json()["total_rows"] == 1
+
+    for path in ("/cmdb/v1/provider/id/nope", "/cmdb/v1/service/id/nope",
+                 "/cmdb/v1/image/id/nope", "/cmdb/v1/flavor/id/nope"):  # fmt: skip
+        resp = http.get(path)
+        assert (
+            resp.status_code == 404 and resp.headers["content-type"] == "application/problem+json"
+        )
+    assert http.get("/cmdb/v1/service/id/site-a.nova/has_many/disks").status_code == 400
+
+    # hdc's own JSON for the same data.
+    site = http.get("/v1/sites/site-a").json()
+    assert site["summary"]["status"] == "STATUS_UP" and site["summary"]["flavor_count"] == 2
+    svc = http.get("/v1/services/site-a.nova").json()
+    assert svc["quotas"][0]["limits"]["instances"] == "10"  # int64 as a JSON string (proto3 JSON)
+    found = http.post(
+        "/v1/candidates/search", json={"gpu": {"count": 1}, "tenant": "vo.example.eu"}
+    ).json()
+    assert found["candidates"][0]["flavors"][0]["id"] == "2"
+    assert http.get("/v1/sites").json()["sites"][0]["id"] == "site-a"
