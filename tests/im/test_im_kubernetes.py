@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 _root = Path(__file__).parents[1]
-_spec = importlib.util.spec_from_file_location("fake_k8s", _root / "fakes" / "fake_kubernetes_api.py")
+_spec = importlib.util.spec_from_file_location(
+    "fake_k8s", _root / "fakes" / "fake_kubernetes_api.py"
+)
 fake_mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fake_mod)
 

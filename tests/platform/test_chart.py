@@ -24,8 +24,14 @@ def test_lint_and_render_every_enabled_service():
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     enabled = {n for n, s in values["services"].items() if s["enabled"]}
-    deployments = {d["metadata"]["labels"]["app.kubernetes.io/name"]: d for d in docs if d["kind"] == "Deployment"}
-    services = {d["metadata"]["labels"]["app.kubernetes.io/name"] for d in docs if d["kind"] == "Service"}
+    deployments = {
+        d["metadata"]["labels"]["app.kubernetes.io/name"]: d
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    services = {
+        d["metadata"]["labels"]["app.kubernetes.io/name"] for d in docs if d["kind"] == "Service"
+    }
     assert set(deployments) == enabled == services
     for name, dep in deployments.items():
         container = dep["spec"]["template"]["spec"]["containers"][0]

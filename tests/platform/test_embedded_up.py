@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import httpx
-
 from hdc_common.service import discover
 
 HDC = str(Path(sys.executable).with_name("hdc"))

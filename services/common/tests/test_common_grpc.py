@@ -49,7 +49,9 @@ def test_health_reflection_context_and_deadline(server):
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
     refl = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(target))
-    answers = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    answers = refl.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {s.name for a in answers for s in a.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
