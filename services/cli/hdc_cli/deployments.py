@@ -286,7 +286,7 @@ def events(uuid: str, follow: bool, as_json: bool) -> None:
             emit_json(event) if as_json else _print_event(event)
         return
     doc = api.request("GET", f"{ORCH}/deployments/{uuid}/events")
-    rows = doc.get("content", doc) if isinstance(doc, dict) else doc
+    rows = doc.get("events", []) if isinstance(doc, dict) else doc
     if as_json:
         emit_json(doc)
     else:
@@ -304,26 +304,48 @@ def placement(uuid: str, as_json: bool) -> None:
 
 
 def _print_placement(doc: Any) -> None:
-    if isinstance(doc, dict) and doc.get("summary"):
-        console.print(doc["summary"])
-    rows = doc.get("candidates", []) if isinstance(doc, dict) else doc
+    """The orchestrator's `{placement: {summary, candidates}, attempts, requirements}`."""
+    placement = doc.get("placement") or {} if isinstance(doc, dict) else {}
+    if placement.get("summary"):
+        console.print(placement["summary"])
+    rows = [
+        {
+            **c,
+            "provider": c.get("siteId"),
+            "score": round(float(c.get("totalScore") or 0.0), 3),
+            "why not": "; ".join(d.get("message", "") for d in c.get("discarded") or []),
+        }
+        for c in placement.get("candidates") or []
+    ]
     table(
         rows,
         [
             ("rank", "rank"),
             ("provider", "provider"),
             ("service", "serviceId"),
-            ("score", "totalScore"),
-            ("reasons", "reasons"),
+            ("score", "score"),
+            ("why not", "why not"),
         ],
     )
+    attempts = doc.get("attempts") if isinstance(doc, dict) else None
+    if attempts:
+        table(
+            attempts,
+            [
+                ("attempt", "attempt"),
+                ("site", "siteId"),
+                ("service", "serviceId"),
+                ("state", "state"),
+            ],
+            title="attempts",
+        )
 
 
 def _print_event(event: dict[str, Any]) -> None:
-    when = event.get("time") or event.get("timestamp") or ""
-    what = event.get("status") or event.get("type") or ""
-    msg = event.get("message") or event.get("statusReason") or ""
-    console.print(f"{when}  {what:22} {msg}")
+    when = event.get("time") or ""
+    what = event.get("kind") or ""
+    msg = event.get("message") or ""
+    console.print(f"{when}  {event.get('status', ''):18} {what:18} {msg}")
 
 
 def _sse(api: Api, uuid: str) -> Any:

@@ -2,7 +2,7 @@
 replicas), PostgreSQL databases, the real RabbitMQ broker, the gateway in front.
 
 `hdc up --distributed` creates one database per service (`hdc_<service>`) on the
-PostgreSQL server given by `--postgres`, starts every service with `hdc-run <service>`,
+PostgreSQL server given by `--postgres` (prefix `--db-prefix`), starts every service with `hdc-run <service>`,
 waits for every health check and writes `embedded.json` with every pid so that
 `hdc status` / `hdc down` work the same as in embedded mode.
 """
@@ -59,14 +59,16 @@ def service_env(
     return env
 
 
-def start(home: Path, bus_url: str, postgres_url: str, replicas: int = 1) -> dict:
+def start(
+    home: Path, bus_url: str, postgres_url: str, replicas: int = 1, db_prefix: str = "hdc"
+) -> dict:
     home.mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
     procs: list[dict] = []
     services: dict[str, dict[str, str]] = {}
     try:
         for name, service in discover().items():
-            db_url = ensure_database(postgres_url, f"hdc_{name}")
+            db_url = ensure_database(postgres_url, f"{db_prefix}_{name}")
             for replica in range(replicas):
                 env = service_env(home, name, bus_url, db_url, replica)
                 log = open(home / "logs" / f"{name}-{replica}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -90,6 +92,9 @@ def start(home: Path, bus_url: str, postgres_url: str, replicas: int = 1) -> dic
                         urls["grpc"] = f"{settings.http_host}:{settings.grpc_port}"
                     services[name] = urls
         _wait_healthy(home, procs, services)
+        agent = _start_local_site_agent(home, services)
+        if agent is not None:
+            procs.append(agent)
     except BaseException:
         for p in procs:
             p["proc"].terminate()
@@ -102,6 +107,29 @@ def start(home: Path, bus_url: str, postgres_url: str, replicas: int = 1) -> dic
     }
     embedded.state_path(home).write_text(json.dumps(state, indent=2))
     return state
+
+
+def _start_local_site_agent(home: Path, services: dict[str, dict[str, str]]) -> dict | None:
+    """This machine's site, registered with the infoprovider like in embedded mode."""
+    from hdc_cli import local_site
+
+    if "http" not in services.get("infoprovider", {}) or not local_site.available():
+        return None
+    log = open(home / "logs" / "local-site-agent.log", "ab")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hdc_cli.local_site",
+            str(home / "data"),
+            services["infoprovider"]["http"],
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return {"service": "local-site-agent", "replica": 0, "pid": proc.pid, "proc": proc}
 
 
 def _wait_healthy(home: Path, procs: list[dict], services: dict[str, dict[str, str]]) -> None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hdc_cli import local_site
 from hdc_common.errors import ConfigError
 from hdc_common.identity import generate_keypair
 from hdc_common.logs import setup_logging
@@ -56,6 +57,35 @@ def embedded_env(home: Path) -> dict[str, str]:
         # Only the gateway signs identities; it is the one service with this setting.
         if "identity_private_key" in service.settings_cls.model_fields:
             env[f"{prefix}IDENTITY_PRIVATE_KEY"] = str(private)
+    if "infoprovider" in discover() and local_site.available():
+        env.update(local_site.infoprovider_env())
+    if "im" in discover():
+        env.update(im_env())
+    return env
+
+
+def im_env() -> dict[str, str]:
+    """What the im needs to run the catalog's models on the local site."""
+    env = {}
+    # Model processes run from this installation even when its bin/ is not on PATH.
+    serving = Path(sys.executable).with_name("hdc-serving")
+    if serving.is_file():
+        command = [str(serving), "run", "--model", "{model}"]
+        command += ["--listen-ip", "{host}", "--listen-port", "{port}"]
+        env["HDC_IM_LOCAL_COMMAND"] = json.dumps(command)
+    # The im parses templates with its own minimal types plus `tosca_types_files`; hdc's
+    # types (ModelService, TrainingJob) must be among them for the catalog's templates.
+    try:
+        from hdc_common.tosca_types import types_dir
+        from hdc_im.settings import ImSettings
+
+        factory = ImSettings.model_fields["tosca_types_files"].default_factory
+        files = list(factory() if factory else [])
+    except ImportError:
+        return env
+    hdc_types = types_dir() / "hdc" / "hdc_types.yaml"
+    if hdc_types.is_file() and str(hdc_types) not in files:
+        env["HDC_IM_TOSCA_TYPES_FILES"] = json.dumps([*files, str(hdc_types)])
     return env
 
 
@@ -65,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ.setdefault(key, value)
     setup_logging("embedded", os.environ.get("HDC_LOG_LEVEL", "INFO"))
     setup_telemetry("embedded", os.environ.get("HDC_OTLP_ENDPOINT"))
+    agents: list[local_site.LocalSiteAgent] = []
     try:
         runs = []
         for name, service in discover().items():
@@ -74,12 +105,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{name}: embedded mode serves on localhost only, not {settings.http_host}"
                 )
             runs.append(prepare(service, settings))
-        asyncio.run(serve_all(runs, ready=lambda r: _write_state(home, r)))
+        asyncio.run(serve_all(runs, ready=lambda r: _ready(home, r, agents)))
     except ConfigError as exc:
         print(f"hdc up: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
+        for agent in agents:
+            agent.stop()
         state_path(home).unlink(missing_ok=True)
+
+
+def _ready(home: Path, runs: Sequence[Running], agents: list) -> None:
+    _write_state(home, runs)
+    urls = {r.service.name: r.urls for r in runs}
+    # The local site is registered through the info agent once the registry listens.
+    if "infoprovider" in urls and "http" in urls["infoprovider"] and local_site.available():
+        agent = local_site.LocalSiteAgent(home / "data", urls["infoprovider"]["http"])
+        agents.append(agent)
+        agent.start()
 
 
 def _write_state(home: Path, runs: Sequence[Running]) -> None:

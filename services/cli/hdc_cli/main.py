@@ -15,6 +15,8 @@ import httpx
 from hdc_cli import auth, embedded
 from hdc_cli.api import DEFAULT_URL, EXIT_AUTH, EXIT_NOT_RUNNING, EXIT_USAGE, CliError
 from hdc_cli.deployments import deployment, resource
+from hdc_cli.models import model
+from hdc_cli.sites import site
 from rich.console import Console
 from rich.table import Table
 
@@ -84,13 +86,27 @@ def _health(urls: dict[str, str]) -> str:
     help="PostgreSQL server URL without database (distributed mode).",
 )
 @click.option(
+    "--db-prefix",
+    envvar="HDC_DB_PREFIX",
+    default="hdc",
+    show_default=True,
+    help="Databases are <prefix>_<service> (distributed mode).",
+)
+@click.option(
     "--replicas",
     type=click.IntRange(min=1, max=5),
     default=1,
     show_default=True,
     help="Processes per service (distributed mode).",
 )
-def up(foreground: bool, distributed: bool, bus_url: str, postgres: str, replicas: int) -> None:
+def up(
+    foreground: bool,
+    distributed: bool,
+    bus_url: str,
+    postgres: str,
+    db_prefix: str,
+    replicas: int,
+) -> None:
     """Start every installed service on this machine (embedded mode by default)."""
     home = embedded.data_dir()
     state = _read_state(home)
@@ -103,7 +119,7 @@ def up(foreground: bool, distributed: bool, bus_url: str, postgres: str, replica
 
         with console.status("starting hdc services (distributed)…"):
             try:
-                state = dist.start(home, bus_url, postgres, replicas)
+                state = dist.start(home, bus_url, postgres, replicas, db_prefix)
             except Exception as exc:
                 err.print(f"[red]hdc up --distributed failed:[/red] {exc}")
                 raise SystemExit(1) from None
@@ -236,3 +252,5 @@ def token(url: str) -> None:
 
 cli.add_command(deployment)
 cli.add_command(resource)
+cli.add_command(site)
+cli.add_command(model)

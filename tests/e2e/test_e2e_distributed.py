@@ -1,0 +1,100 @@
+"""The main job in distributed mode: one process per service, the real RabbitMQ (a fresh
+vhost) and PostgreSQL (fresh databases), the gateway in front. After the delete nothing of
+the deployment is left: no process, no port, no database row, no broker queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.e2e.flow import digit_png, listening, processes_of
+
+HDC = str(Path(sys.executable).with_name("hdc"))
+PG_DSN = os.environ.get("HDC_TEST_POSTGRES", "postgresql+psycopg://hdc:hdc@127.0.0.1:5432")
+SERVICES = ("gateway", "im", "infoprovider", "orchestrator", "ranker", "vrouter")
+
+
+def rows(db_url: str, sql: str, **params: str) -> list:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql), params))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+def test_main_job_distributed(tmp_path, rabbitmq_url, rabbitmq_api):
+    prefix = f"t_{uuidlib.uuid4().hex[:10]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HDC_")}
+    env |= {
+        "HDC_HOME": str(tmp_path / "home"),
+        "HDC_BUS_URL": rabbitmq_url,
+        "HDC_POSTGRES_URL": PG_DSN,
+        "HDC_DB_PREFIX": prefix,
+    }
+
+    def hdc(*args: str) -> dict:
+        out = subprocess.run(
+            [HDC, *args, "--json"], env=env, capture_output=True, text=True, timeout=180
+        )
+        assert out.returncode == 0, f"hdc {' '.join(args)}: {out.stderr}{out.stdout}"
+        return json.loads(out.stdout)
+
+    up = subprocess.run([HDC, "up", "--distributed"], env=env, capture_output=True, text=True)
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        status = hdc("status")
+        assert status["running"] and len(status["pids"]) > len(SERVICES)
+        deadline = time.monotonic() + 30
+        while not hdc("site", "list")["sites"]:
+            assert time.monotonic() < deadline, "the local site was not registered"
+            time.sleep(0.5)
+
+        dep = hdc("model", "deploy", "digits", "--wait", "--wait-timeout", "120")
+        assert dep["status"] == "CREATE_COMPLETE", dep
+        uuid, infra = dep["uuid"], dep["physicalId"]
+        endpoint = dep["outputs"]["endpoint"]
+        seven = digit_png(tmp_path / "seven.png", 7)
+        r = httpx.post(
+            f"{endpoint}/v2/models/digits/predict/",
+            files={"image": ("seven.png", seven.read_bytes(), "image/png")},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.json()["predictions"]["label"] == 7, r.text
+        assert (
+            hdc("model", "predict", uuid, "--file", f"image={seven}")["predictions"]["label"] == 7
+        )
+
+        assert hdc("deployment", "delete", uuid, "--wait")["status"] == "DELETE_COMPLETE"
+        assert not listening(endpoint)
+        assert processes_of(infra) == []
+        orch_db, im_db = f"{PG_DSN}/{prefix}_orchestrator", f"{PG_DSN}/{prefix}_im"
+        assert rows(orch_db, "SELECT uuid FROM orch_deployments WHERE uuid = :u", u=uuid) == []
+        # The im keeps a tombstone of the infrastructure (a repeated delete is answered from
+        # it, the reconciler knows the id is gone); its credentials are dropped.
+        [(state, credentials)] = rows(
+            im_db, "SELECT state, credentials FROM im_infrastructures WHERE id = :i", i=infra
+        )
+        assert state == "deleted" and credentials is None
+        vms = rows(im_db, "SELECT state FROM im_vms WHERE infrastructure_id = :i", i=infra)
+        assert all(vm_state == "deleted" for (vm_state,) in vms), vms
+        leftovers = [q for q in rabbitmq_api.queues() if uuid in q or infra in q]
+        assert leftovers == []
+    finally:
+        subprocess.run([HDC, "down"], env=env, capture_output=True, timeout=60)
+        admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for name in SERVICES:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{prefix}_{name}" WITH (FORCE)'))
+        admin.dispose()
