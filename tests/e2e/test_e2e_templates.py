@@ -88,11 +88,6 @@ def test_hybrid_cluster_joins_two_sites_through_the_vrouter():
     assert v.requirements["instances"] == 5  # hub, two routers, one worker per site
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orchestrator bug: a Placement policy's `provider: {get_input: ...}` reaches "
-    "requirements.site_ids unresolved (hdc_orchestrator/tosca/template.py _requirements)",
-)
 def test_placement_policy_inputs_are_resolved():
     v = validate_template(
         (TEMPLATES / "model-kubernetes.yaml").read_text(), REQUIRED["model-kubernetes.yaml"]

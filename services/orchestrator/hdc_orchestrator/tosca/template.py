@@ -331,8 +331,16 @@ def _requirements(
             if key not in images:
                 images.add(key)
                 req["image"] = {k: v for k, v in image.items() if v}
+    # Property values from the resolved topology: tosca-parser leaves get_input unresolved.
+    resolved_policies: dict[str, dict[str, Any]] = {}
+    for entry in topology.get("policies") or []:
+        if isinstance(entry, dict):
+            for name, body in entry.items():
+                if isinstance(body, dict):
+                    resolved_policies[name] = body.get("properties") or {}
     for policy in parsed.policies:
         props = {p.name: p.value for p in policy.get_properties_objects()}
+        props.update(resolved_policies.get(policy.name, {}))
         if policy.is_derived_from(SLA_PLACEMENT) and props.get("sla_id"):
             req["sla_ids"].append(str(props["sla_id"]))
         elif policy.is_derived_from(PROVIDER_PLACEMENT) and props.get("provider"):
