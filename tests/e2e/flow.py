@@ -59,13 +59,28 @@ def wait_for(check, what: str, timeout_s: float = 60) -> None:
         time.sleep(0.3)
 
 
-def predicts(endpoint: str, png: Path) -> int | None:
+GATEWAY = "http://127.0.0.1:8000"
+
+
+def model_url(uuid: str, gateway: str = GATEWAY) -> str:
+    """A deployed model's API through the gateway."""
+    return f"{gateway}/deployments/{uuid}/model"
+
+
+def post_digit(base: str, png: Path, headers: dict[str, str] | None = None) -> httpx.Response:
+    """A real image of a digit to the digits model's predict, as curl -F would send it."""
+    return httpx.post(
+        f"{base}/v2/models/digits/predict/",
+        files={"image": (png.name, png.read_bytes(), "image/png")},
+        headers=headers,
+        timeout=30,
+    )
+
+
+def predicts(base: str, png: Path, token: str) -> int | None:
+    """The label the model at `base` (through the gateway) gives, None while it cannot."""
     try:
-        r = httpx.post(
-            f"{endpoint}/v2/models/digits/predict/",
-            files={"image": (png.name, png.read_bytes(), "image/png")},
-            timeout=10,
-        )
+        r = post_digit(base, png, {"Authorization": f"Bearer {token}"})
     except httpx.HTTPError:
         return None
     return r.json()["predictions"]["label"] if r.status_code == 200 else None

@@ -12,11 +12,10 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.e2e.flow import digit_png, listening, processes_of
+from tests.e2e.flow import digit_png, listening, model_url, post_digit, processes_of
 
 HDC = str(Path(sys.executable).with_name("hdc"))
 PG_DSN = os.environ.get("HDC_TEST_POSTGRES", "postgresql+psycopg://hdc:hdc@127.0.0.1:5432")
@@ -66,12 +65,12 @@ def test_main_job_distributed(tmp_path, rabbitmq_url, rabbitmq_api):
         uuid, infra = dep["uuid"], dep["physicalId"]
         endpoint = dep["outputs"]["endpoint"]
         seven = digit_png(tmp_path / "seven.png", 7)
-        r = httpx.post(
-            f"{endpoint}/v2/models/digits/predict/",
-            files={"image": ("seven.png", seven.read_bytes(), "image/png")},
-            timeout=30,
-        )
+        token = subprocess.run(
+            [HDC, "token"], env=env, capture_output=True, text=True, timeout=60
+        ).stdout.strip()
+        r = post_digit(model_url(uuid), seven, {"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json()["predictions"]["label"] == 7, r.text
+        assert post_digit(endpoint, seven).status_code == 401  # the gateway cannot be skipped
         assert (
             hdc("model", "predict", uuid, "--file", f"image={seven}")["predictions"]["label"] == 7
         )

@@ -1,12 +1,21 @@
 """The main job, embedded: deploy the digits model from the catalog, wait for
-CREATE_COMPLETE, send a real PNG of a digit to the deployed model, train it, delete it, and
-check that nothing of the deployment is left running or listening."""
+CREATE_COMPLETE, send a real PNG of a digit to the deployed model through the gateway (a
+direct call to the model's port is refused), train it, delete it, and check that nothing of
+the deployment is left running or listening."""
 
 from __future__ import annotations
 
-import httpx
+from hdc_gateway.devtoken import mint
 
-from tests.e2e.flow import digit_png, listening, predicts, processes_of, wait_for
+from tests.e2e.flow import (
+    digit_png,
+    listening,
+    model_url,
+    post_digit,
+    predicts,
+    processes_of,
+    wait_for,
+)
 
 
 def test_deploy_predict_train_delete_digits(platform, tmp_path):
@@ -43,15 +52,21 @@ def test_deploy_predict_train_delete_digits(platform, tmp_path):
             assert out.returncode == 0 and out.stdout.strip(), (human, out.stderr)
         assert "model_service" in platform.hdc("resource", "list", uuid).stdout
 
-        # a real image of a digit, as curl would send it
-        with seven.open("rb") as f:
-            r = httpx.post(
-                f"{endpoint}/v2/models/digits/predict/",
-                files={"image": ("seven.png", f, "image/png")},
-                timeout=30,
-            )
+        # a real image of a digit, as curl would send it, through the gateway with the
+        # token `hdc token` prints
+        token = platform.hdc("token").stdout.strip()
+        bearer = {"Authorization": f"Bearer {token}"}
+        r = post_digit(model_url(uuid), seven, bearer)
         assert r.status_code == 200, r.text
         assert r.json()["predictions"]["label"] == 7
+        # the model's own port refuses whoever skips the gateway
+        direct = post_digit(endpoint, seven)
+        assert direct.status_code == 401, direct.text
+        # without a token, and for a user who may not see the deployment, the gateway refuses
+        assert post_digit(model_url(uuid), seven).status_code == 401
+        other = mint(platform.home / "data", "someone-else", [])
+        stranger = post_digit(model_url(uuid), seven, {"Authorization": f"Bearer {other}"})
+        assert stranger.status_code == 404, stranger.text
 
         # and through the CLI
         pred = platform.hdc_json("model", "predict", uuid, "--file", f"image={three}")
@@ -64,7 +79,9 @@ def test_deploy_predict_train_delete_digits(platform, tmp_path):
         assert platform.hdc("resource", "stop", uuid, model_rs["uuid"]).returncode == 0
         wait_for(lambda: not listening(endpoint), "the model to stop")
         assert platform.hdc("resource", "start", uuid, model_rs["uuid"]).returncode == 0
-        wait_for(lambda: predicts(endpoint, seven) == 7, "the restarted model to predict")
+        wait_for(
+            lambda: predicts(model_url(uuid), seven, token) == 7, "the restarted model to predict"
+        )
 
         job = platform.hdc_json("model", "train", uuid, "--arg", "C=0.5", "--wait")
         assert job["status"] == "done" and job["result"]["output"]["accuracy"] > 0.9
@@ -75,6 +92,7 @@ def test_deploy_predict_train_delete_digits(platform, tmp_path):
         assert platform.hdc("deployment", "show", uuid).returncode == 4
         assert not listening(endpoint), f"{endpoint} still listens after the delete"
         assert processes_of(dep["physicalId"]) == []
+        assert post_digit(model_url(uuid), seven, bearer).status_code == 404
         unreachable = platform.hdc("model", "predict", uuid, "--file", f"image={seven}")
         assert unreachable.returncode == 4
     finally:

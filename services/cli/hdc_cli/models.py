@@ -1,7 +1,9 @@
 """`hdc model …`: the model catalog, deploying a catalog model, and using a deployed one.
 
 A deployed model is addressed by its deployment: the deployment's `endpoint` output is the
-DEEPaaS-compatible API of the model (hdc-serving), its `model` output the model's name.
+DEEPaaS-compatible API of the model (hdc-serving), its `model` output the model's name. The
+CLI reaches it through the gateway, `/deployments/<uuid>/model/<path>`, with its token; the
+model itself refuses calls that skip the gateway.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def deploy(
 
 
 def model_endpoint(api: Api, deployment_uuid: str, name: str | None) -> tuple[str, str]:
-    """(endpoint URL, model name) of a deployed model, from the deployment's outputs."""
+    """(base URL of the model through the gateway, model name) of a deployed model."""
     doc = api.request("GET", f"{ORCH}/deployments/{deployment_uuid}")
     outputs = doc.get("outputs") or {}
     endpoint = outputs.get("endpoint") or outputs.get("deepaas_endpoint")
@@ -180,14 +182,14 @@ def model_endpoint(api: Api, deployment_uuid: str, name: str | None) -> tuple[st
     model_name = name or outputs.get("model")
     if not model_name:
         raise CliError("the deployment names no model; give --model", EXIT_USAGE)
-    if isinstance(endpoint, list):
-        endpoint = endpoint[0]
-    return str(endpoint).rstrip("/"), str(model_name)
+    return f"{api.base_url}/deployments/{deployment_uuid}/model", str(model_name)
 
 
-def _model_call(method: str, url: str, timeout_s: float = 120.0, **kwargs: Any) -> Any:
+def _model_call(api: Api, method: str, url: str, timeout_s: float = 120.0, **kwargs: Any) -> Any:
+    headers = {"Authorization": f"Bearer {api.token}"} if api.token else {}
+    headers |= kwargs.pop("headers", None) or {}
     try:
-        resp = httpx.request(method, url, timeout=timeout_s, **kwargs)
+        resp = httpx.request(method, url, timeout=timeout_s, headers=headers, **kwargs)
     except httpx.ConnectError:
         raise CliError(
             f"cannot reach the model at {url}: is the deployment running?", EXIT_NOT_RUNNING
@@ -249,6 +251,7 @@ def predict(
     api = Api.from_env()
     endpoint, name = model_endpoint(api, deployment_uuid, model_name)
     doc = _model_call(
+        api,
         "POST",
         f"{endpoint}/v2/models/{name}/predict/",
         files=upload or None,
@@ -285,7 +288,7 @@ def train(
     api = Api.from_env()
     endpoint, name = model_endpoint(api, deployment_uuid, model_name)
     base = f"{endpoint}/v2/models/{name}/train/"
-    job = _model_call("POST", base, data=form or None, headers={"Accept": "application/json"})
+    job = _model_call(api, "POST", base, data=form or None, headers={"Accept": "application/json"})
     if wait:
         deadline = time.monotonic() + wait_timeout
         with console.status(f"training {name}…") if not as_json else _Quiet():
@@ -297,7 +300,7 @@ def train(
                         EXIT_TIMEOUT,
                     )
                 time.sleep(0.5)
-                job = _model_call("GET", base + str(job["uuid"]))
+                job = _model_call(api, "GET", base + str(job["uuid"]))
     emit_json(job) if as_json else fields(job, ("uuid", "status", "progress", "result"))
     if wait and job.get("status") != "done":
         raise SystemExit(EXIT_ERROR)

@@ -30,6 +30,8 @@ from hdc_gateway.client_address import ClientAddress
 from hdc_gateway.cors import Cors
 from hdc_gateway.fast_upstream import FastUpstream
 from hdc_gateway.jwks import KeySet
+from hdc_gateway.model_routes import METRIC_LABEL, ModelRouteError, ModelRoutes, lookup_upstream
+from hdc_gateway.model_routes import parse as parse_model_path
 from hdc_gateway.provider_client import ProviderClient
 from hdc_gateway.proxy import (
     HOP_BY_HOP,
@@ -154,6 +156,10 @@ class GatewayApp:
         self._cors = Cors(settings.cors, self._security)
         self._cache: dict[str, _CacheEntry] = {}
         self._cache_max = 50_000
+        lookup = lookup_upstream(settings)
+        self._models = (
+            ModelRoutes(settings, lookup, self._idp) if settings.model_routes and lookup else None
+        )
         self._local: dict[str, Callable[..., Any]] = {
             "/healthz": self._healthz,
             "/readyz": self._healthz,
@@ -222,6 +228,7 @@ class GatewayApp:
                 preflight = True
         base_headers = self._security + self._cors.headers(origin)
         route: Route | None = None
+        model: tuple[str, str] | None = None
         status = 500
         try:
             if preflight and method == "OPTIONS" and origin is not None:
@@ -233,7 +240,12 @@ class GatewayApp:
                 return
             if "/." in path and any(seg in (".", "..") for seg in path.split("/")):
                 raise _Denied(400, "path must not contain '.' or '..' segments")
-            route = self._routes.match(path)
+            model = parse_model_path(path) if self._models is not None else None
+            route = (
+                self._models.policy
+                if model is not None and self._models is not None
+                else self._routes.match(path)
+            )
             if route is None:
                 raise _Denied(404, f"no service is routed at {path[:200]}")
             ip = self._address.of(scope, xff)
@@ -253,6 +265,8 @@ class GatewayApp:
                 if limit is not None and length > limit:
                     raise _Denied(413, f"request body exceeds {limit} bytes")
             entry = await self._authenticate(route.access_for(path), route, authorization)
+            if model is not None and entry is not None:
+                route = await self._model_route(model[0], entry)
             target = self._upstream_target(route, path, scope["query_string"])
             headers = self._upstream_headers(scope, route, entry, ip, xff)
             has_body = chunked or (content_length is not None and content_length != b"0")
@@ -293,6 +307,15 @@ class GatewayApp:
             except UpstreamError as exc:
                 # Details (addresses, errors) go to the log, not to the public caller.
                 log.warning("upstream of %s failed: %s", route.prefix, exc.detail)
+                if model is not None and entry is not None:
+                    # The cached endpoint may be stale (deleted, moved): look again so the
+                    # caller learns why (404, 409) rather than just 502.
+                    self._models.forget(model[0], entry.identity.key)  # type: ignore[union-attr]
+                    await self._model_route(model[0], entry)
+                    public = "is unreachable" if exc.status == 502 else "did not answer in time"
+                    raise _Denied(
+                        exc.status, f"the model of deployment {model[0]} {public}"
+                    ) from None
                 public = "is unreachable" if exc.status == 502 else "did not answer in time"
                 raise _Denied(exc.status, f"the service behind {route.prefix} {public}") from None
         except _Denied as denied:
@@ -312,7 +335,8 @@ class GatewayApp:
                     headers=base_headers,
                 )
         finally:
-            REQUESTS.labels(route.prefix if route else "-", str(status)).inc()
+            label = METRIC_LABEL if model is not None else (route.prefix if route else "-")
+            REQUESTS.labels(label, str(status)).inc()
 
     # -- authentication ------------------------------------------------------------------
 
@@ -353,6 +377,15 @@ class GatewayApp:
             entry.header = self._signer.sign(entry.identity)
             entry.header_renew_at = now + self._header_reuse_s
         return entry
+
+    async def _model_route(self, deployment: str, entry: _CacheEntry) -> Route:
+        """The route to a deployed model, looked up with the caller's identity."""
+        try:
+            return await self._models.resolve(  # type: ignore[union-attr]
+                deployment, entry.identity.key, entry.header
+            )
+        except ModelRouteError as exc:
+            raise _Denied(exc.status, exc.detail) from None
 
     async def _validated(self, token: str) -> _CacheEntry:
         now = time.time()

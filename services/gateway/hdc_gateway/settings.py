@@ -208,6 +208,18 @@ class GatewaySettings(ServiceSettings):
     # Bodyless GETs to http:// upstreams use the lean built-in HTTP/1.1 client (a third of
     # the CPU per request); false sends everything through aiohttp.
     fast_upstream: bool = True
+    # `/deployments/{uuid}/model/<rest>` → the deployment's `endpoint` output (a deployed
+    # model). Deployments are looked up at `model_lookup_upstream` (empty: the upstream of
+    # the `/orchestrator` route) with the caller's identity; the answer is cached per caller.
+    model_routes: bool = True
+    model_lookup_upstream: str = ""
+    model_lookup_cache_s: float = Field(default=5, ge=0, le=300)
+    # Hosts a deployment's endpoint may point at: names, `*.suffix` wildcards, IP networks.
+    # Outputs come from user templates: keep this to where the sites run models.
+    model_upstream_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "localhost"]
+    )
+    model_read_timeout_s: float | None = Field(default=None, gt=0)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -219,6 +231,21 @@ class GatewaySettings(ServiceSettings):
                 raise ValueError(f"trusted_proxies: {cidr!r} is not an IP network") from None
         return value
 
+    @field_validator("model_lookup_upstream")
+    @classmethod
+    def _lookup_shape(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"model_lookup_upstream {value!r} must be an http(s):// URL")
+        return value.rstrip("/")
+
+    @field_validator("model_upstream_hosts")
+    @classmethod
+    def _hosts_shape(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not host.strip() or "/" in host.strip("/") and not _is_network(host):
+                raise ValueError(f"model_upstream_hosts: {host!r} is not a host or IP network")
+        return value
+
     def identity_private_key_pem(self) -> str:
         key = self.identity_private_key.strip()
         if key and not key.startswith("-----BEGIN"):
@@ -228,3 +255,11 @@ class GatewaySettings(ServiceSettings):
     @property
     def gateway_data_dir(self) -> Path:
         return Path(self.data_dir) / "gateway"
+
+
+def _is_network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        return False
+    return True

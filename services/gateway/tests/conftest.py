@@ -212,3 +212,18 @@ def opaque_as() -> Iterator[Served]:
     served = Served(FakeOpaqueTokenServer().app).start()
     yield served
     served.stop()
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator[Callable[[Any], Served]]:
+    """Serve an ASGI app on a free loopback port for the module (stopped at its end)."""
+    started: list[Served] = []
+
+    def start(app: Any) -> Served:
+        served = Served(app).start()
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()

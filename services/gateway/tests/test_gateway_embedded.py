@@ -121,4 +121,6 @@ def test_openapi_document_describes_the_local_endpoints(embedded_gateway: Any) -
     spec = httpx.get(f"{gw.url}/openapi.json").json()
     validate(spec)
     for path in spec["paths"]:
+        if "{" in path:  # the deployed-model route: test_gateway_model_routes
+            continue
         assert httpx.get(f"{gw.url}{path}").status_code != 404, path

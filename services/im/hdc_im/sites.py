@@ -41,6 +41,7 @@ class DriverFactory:
                 self.settings.data_dir / "local",
                 self.settings.local_command,
                 self.settings.local_host,
+                identity_public_key=self.settings.identity_key_pem(),
             )
         if kind == "kubernetes":
             from hdc_im.drivers.kubernetes_driver import KubernetesDriver

@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-predict-endpoint", dest="enable_predict", action="store_false", default=None
     )
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    run.add_argument(
+        "--identity-public-key",
+        help="the gateway's identity public key (PEM file or inline PEM): /v2 and /oip "
+        "requests then need a gateway-signed X-HDC-Identity header",
+    )
     run.add_argument("--config", type=Path, help="YAML settings file")
 
     pred = sub.add_parser(
@@ -141,6 +146,7 @@ def _settings(args: argparse.Namespace) -> Any:
         "enable_train": args.enable_train,
         "enable_predict": args.enable_predict,
         "log_level": args.log_level,
+        "identity_public_key": args.identity_public_key,
     }
     values = settings.model_dump()
     values.update({k: v for k, v in overrides.items() if v is not None})

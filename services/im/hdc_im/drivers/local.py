@@ -23,6 +23,8 @@ from hdc_im.topology import CONTAINER_KIND
 
 ENV_INFRA = "HDC_INFRASTRUCTURE_ID"
 ENV_TOKEN = "HDC_VM_TOKEN"
+# hdc-serving's setting: with the gateway's key, the model refuses calls that skip the gateway.
+ENV_IDENTITY_KEY = "HDC_SERVING_IDENTITY_PUBLIC_KEY"
 
 
 def _free_port(host: str) -> int:
@@ -62,11 +64,19 @@ def _listening(host: str, port: int) -> bool:
 class LocalDriver(Driver):
     provider_type = "Local"
 
-    def __init__(self, state_dir: Path, command: list[str], host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        command: list[str],
+        host: str = "127.0.0.1",
+        identity_public_key: str = "",
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.command = command
         self.host = host
+        # PEM of the gateway's identity key (the im's own setting), given to every model.
+        self.identity_public_key = identity_public_key
 
     def _path(self, token: str) -> Path:
         return self.state_dir / f"{token}.json"
@@ -116,6 +126,9 @@ class LocalDriver(Driver):
             ENV_INFRA: rec["infrastructure_id"],
             ENV_TOKEN: rec["token"],
         }
+        if self.identity_public_key:
+            # Set after the template's environment: a deployment cannot switch the check off.
+            env[ENV_IDENTITY_KEY] = self.identity_public_key
         log = (self.state_dir / f"{rec['token']}.log").open("ab")
         try:
             proc = subprocess.Popen(

@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from hdc_serving import catalog
 from hdc_serving.api import oip, openapi
+from hdc_serving.api.identity import RequireIdentity, verifier_from_pem
 from hdc_serving.api.requests import Arguments, problem
 from hdc_serving.args import ArgumentError, negotiate
 from hdc_serving.jobs.manager import JobError
@@ -360,6 +361,8 @@ def create_app(
         exception_handlers={404: not_found, 405: not_allowed, 500: server_error},
     )
     app.state.runtime = rt
+    if settings.identity_public_key:
+        app.add_middleware(RequireIdentity, verifier=verifier_from_pem(settings.identity_key_pem()))
     return app
 
 
