@@ -143,7 +143,7 @@ def start_real_im(bus_url: str, db_url: str, tmp: Path) -> Any:
     return None
 
 
-def start_real_ranker(bus_url: str, tmp: Path) -> tuple[Any, str] | None:
+def start_real_ranker(bus_url: str, tmp: Path, public_key: str) -> tuple[Any, str] | None:
     """The real `hdc-ranker` (gRPC), or None when it is not installed or does not start."""
     import os
     import shutil
@@ -160,6 +160,8 @@ def start_real_ranker(bus_url: str, tmp: Path) -> tuple[Any, str] | None:
         "HDC_RANKER_HTTP_PORT": str(http_port),
         "HDC_RANKER_DATA_DIR": str(tmp / "ranker"),
         "HDC_RANKER_LOG_LEVEL": "WARNING",
+        # It ranks only for gateway-signed identities (the orchestrator signs with that key).
+        "HDC_RANKER_IDENTITY_PUBLIC_KEY": public_key,
     }
     log = (tmp / "ranker.log").open("ab")
     proc = subprocess.Popen([exe], env=env, stdout=log, stderr=log)
@@ -205,7 +207,7 @@ def main() -> None:
             im_double = ImDouble(bus_url, tmp / "im.db").start()
         anchor_rate = bus_anchor(bus_url, tmp, args.n)
         if args.ranker in ("auto", "real"):
-            started = start_real_ranker(bus_url, tmp)
+            started = start_real_ranker(bus_url, tmp, signer.public)
             if started is not None:
                 ranker_proc, ranker_target = started
             elif args.ranker == "real":
@@ -219,6 +221,7 @@ def main() -> None:
             port=free_port(),
             ranker_target=ranker_target,
             public_key=signer.public,
+            identity_private_key=signer.private,
             data_dir=tmp,
             minute_s=60,
             sweep_interval_s=1,

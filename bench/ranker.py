@@ -338,8 +338,20 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hdc-ranker-bench-"))
     history = seed_history(tmp, 500)
     grpc_port, http_port = free_port(), free_port()
+    # The ranker serves only gateway-signed identities: play the gateway with a fresh key.
+    from hdc_common.identity import (
+        GRPC_METADATA_KEY,
+        Identity,
+        InternalTokenSigner,
+        generate_keypair,
+    )
+
+    private, public = generate_keypair()
+    token = InternalTokenSigner(private, ttl_s=3600).sign(Identity("bench", ISSUER))
+    meta = ((GRPC_METADATA_KEY, token),)
     env = dict(
         os.environ,
+        HDC_RANKER_IDENTITY_PUBLIC_KEY=public,
         HDC_RANKER_DATA_DIR=str(tmp),
         HDC_RANKER_GRPC_PORT=str(grpc_port),
         HDC_RANKER_HTTP_PORT=str(http_port),
@@ -368,11 +380,11 @@ def main() -> None:
             req = make_request(n)
             iters = args.iterations or {100: 200, 1_000: 100, 10_000: 30}[n]
             for _ in range(3):
-                stub.Rank(req, timeout=60)  # warm up
+                stub.Rank(req, timeout=60, metadata=meta)  # warm up
             server, server_cpu, client, naive, naive_cpu = [], [], [], [], []
             for _ in range(iters):
                 t = time.perf_counter()
-                resp, call = stub.Rank.with_call(req, timeout=60)
+                resp, call = stub.Rank.with_call(req, timeout=60, metadata=meta)
                 client.append((time.perf_counter() - t) * 1e3)
                 server.append(resp.server_time_ms)
                 server_cpu.append(float(dict(call.trailing_metadata())["x-hdc-rank-cpu-ms"]))

@@ -22,13 +22,19 @@ import hdc_ranker.service as hdc_ranker  # noqa: E402 - the real ranker must be 
 
 
 @pytest.fixture(scope="module")
-def ranker(module_bus_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def ranker(
+    module_bus_url: str, signer: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     from hdc_common.grpc import create_server
     from hdc_ranker.settings import RankerSettings
 
     data = tmp_path_factory.mktemp("ranker")
     settings = RankerSettings(
-        database_url=f"sqlite:///{data / 'ranker.db'}", bus_url=module_bus_url, data_dir=data
+        database_url=f"sqlite:///{data / 'ranker.db'}",
+        bus_url=module_bus_url,
+        data_dir=data,
+        # The ranker trusts only the gateway's key; the orchestrator signs with it.
+        identity_public_key=signer.public,
     )
     components = hdc_ranker.build(settings)
     server = create_server(free_port(), components.grpc_servicers)
@@ -54,6 +60,7 @@ def stack_with_ranker(
         infoprovider_target=grpc_doubles.target,
         ranker_target=f"127.0.0.1:{server.port}",
         identity_public_key=signer.public,
+        identity_private_key=signer.private,
         data_dir=tmp_path_factory.mktemp("orch"),
         minute_s=0.5,
         sweep_interval_s=0.2,
@@ -127,3 +134,27 @@ def test_real_ranker_places_and_learns_from_events(
     assert got[(uuid, first)] is True
     assert got[(uuid2, first)] is False
     assert got[(uuid2, second)] is True
+
+
+def test_ranker_refuses_placement_without_a_signed_identity(ranker, signer, grpc_doubles) -> None:
+    """The orchestrator's placement client: unsigned calls are refused, signed ones ranked."""
+    import grpc
+    from hdc_orchestrator.placement import PlacementClient, PlacementError
+
+    server, _ = ranker
+    grpc_doubles.set_sites([Site("site-a")])
+    reqs = {"cpus": 1, "ram_mb": 512}
+    unsigned = PlacementClient(grpc_doubles.target, f"127.0.0.1:{server.port}", 5.0)
+    signed = PlacementClient(
+        grpc_doubles.target, f"127.0.0.1:{server.port}", 5.0, private_key_pem=signer.private
+    )
+    try:
+        with pytest.raises(PlacementError) as err:
+            unsigned.place(reqs, "d-unsigned", user("someone"))
+        assert grpc.StatusCode.UNAUTHENTICATED.name in str(err.value)
+        assert "through the hdc gateway" in str(err.value) and not err.value.transient
+        placed = signed.place(reqs, "d-signed", user("someone"))
+        assert [c["siteId"] for c in placed["candidates"] if c["rank"] > 0] == ["site-a"]
+    finally:
+        unsigned.close()
+        signed.close()

@@ -39,6 +39,9 @@ def test_lint_and_render_every_enabled_service():
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         env = {e["name"] for e in container["env"]}
         assert f"HDC_{name.upper()}_BUS_URL" in env
+        # only the services that sign identities get the private key
+        signs = f"HDC_{name.upper()}_IDENTITY_PRIVATE_KEY" in env
+        assert signs == (name in ("gateway", "orchestrator")), name
         # credentials come from secrets, never inline values
         for e in container["env"]:
             if e["name"].endswith(("_DATABASE_URL", "_BUS_URL")):

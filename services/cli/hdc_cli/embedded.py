@@ -54,7 +54,8 @@ def embedded_env(home: Path) -> dict[str, str]:
         env[f"{prefix}DATA_DIR"] = str(home / "data")
         env[f"{prefix}BUS_URL"] = "memory://"
         env[f"{prefix}IDENTITY_PUBLIC_KEY"] = str(public)
-        # Only the gateway signs identities; it is the one service with this setting.
+        # Services that sign identities have this setting: the gateway for callers, the
+        # orchestrator for a deployment's owner when it works on their behalf later.
         if "identity_private_key" in service.settings_cls.model_fields:
             env[f"{prefix}IDENTITY_PRIVATE_KEY"] = str(private)
     if "infoprovider" in discover() and local_site.available():

@@ -297,7 +297,11 @@ def create_deployment(body: dict[str, Any], dry_run: bool = False) -> Any:
             raise _error(503, "Service Unavailable", "no placement service is configured")
         try:
             req = {k: v for k, v in validated.requirements.items()}
-            placement = st.engine.placement.place(req, "dry-run")
+            # Asked for the caller, as the deployment's placement would be for its owner.
+            owner = Identity(
+                subject=identity.subject, issuer=identity.issuer, groups=(group,) if group else ()
+            )
+            placement = st.engine.placement.place(req, "dry-run", owner)
         except PlacementError as exc:
             raise _error(503, "Service Unavailable", f"placement failed: {exc}") from None
         return {"dryRun": True, "requirements": validated.requirements, "placement": placement}, 200

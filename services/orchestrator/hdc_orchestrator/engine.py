@@ -230,7 +230,9 @@ class Engine:
             return
         d.retry_at = None
         try:
-            placement = self.placement.place(_proto_requirements(d.requirements), d.uuid)
+            placement = self.placement.place(
+                _proto_requirements(d.requirements), d.uuid, owner_identity(d)
+            )
         except PlacementError as exc:
             tries = 1 + (
                 s.scalar(
@@ -779,7 +781,7 @@ def overlays_left(d: Deployment) -> list[Attempt]:
 
 
 def owner_identity(d: Deployment) -> Identity:
-    """Who the orchestrator acts for in the vrouter: the deployment's owner (and group)."""
+    """Who the orchestrator acts for in the ranker and the vrouter: the owner (and group)."""
     groups = (d.user_group,) if d.user_group else ()
     return Identity(subject=d.owner_subject, issuer=d.owner_issuer, groups=groups)
 

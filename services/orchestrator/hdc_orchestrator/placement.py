@@ -3,6 +3,10 @@
 The answer is kept as JSON on the deployment (GET /deployments/{id}/placement): every
 candidate with its per-criterion scores, or why it was discarded (by the infoprovider's
 matching or by a ranker filter).
+
+Both calls carry the deployment owner's identity, signed by the orchestrator with the
+gateway's key (acting_identity.py): the ranker refuses calls without one. The infoprovider's
+gRPC does not check it today; it gets the same metadata, so both collaborators see who asks.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from hdc.infoprovider.v1 import infoprovider_pb2 as ip_pb2
 from hdc.infoprovider.v1 import infoprovider_pb2_grpc as ip_grpc
 from hdc.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from hdc_common.grpc import insecure_channel
+from hdc_common.identity import Identity
+
+from hdc_orchestrator.acting_identity import OwnerSigner
 
 # Map the infoprovider's service types to the im's site types.
 SITE_TYPES = {
@@ -62,10 +69,19 @@ def requirements_message(req: dict[str, Any], tenant: str) -> ip_pb2.Requirement
 
 class PlacementClient:
     def __init__(
-        self, infoprovider_target: str, ranker_target: str, deadline_s: float, tenant: str = ""
+        self,
+        infoprovider_target: str,
+        ranker_target: str,
+        deadline_s: float,
+        tenant: str = "",
+        *,
+        private_key_pem: str = "",
     ) -> None:
         self._deadline = deadline_s
         self._tenant = tenant
+        # Without a key the calls go unsigned, and a real ranker refuses them (UNAUTHENTICATED
+        # names the cause; the deployment fails with it rather than retrying).
+        self._signer = OwnerSigner(private_key_pem)
         self._ip_channel = insecure_channel(
             infoprovider_target, ["hdc.infoprovider.v1.InfoProvider"], deadline_s=deadline_s
         )
@@ -79,10 +95,15 @@ class PlacementClient:
         self._ip_channel.close()
         self._rk_channel.close()
 
-    def place(self, requirements: dict[str, Any], deployment_id: str) -> dict[str, Any]:
+    def place(
+        self, requirements: dict[str, Any], deployment_id: str, owner: Identity
+    ) -> dict[str, Any]:
+        """Candidates ranked for `owner` (the identity the calls carry)."""
         req = requirements_message(requirements, self._tenant)
+        # One token for both calls: it lives 60 s, far longer than the two deadlines.
+        meta = self._signer.metadata(owner)
         try:
-            found = self._infoprovider.FindCandidates(req, timeout=self._deadline)
+            found = self._infoprovider.FindCandidates(req, timeout=self._deadline, metadata=meta)
         except grpc.RpcError as exc:
             raise _error("infoprovider", exc) from None
         rank_req = ranker_pb2.RankRequest(
@@ -93,7 +114,7 @@ class PlacementClient:
             deployment_id=deployment_id,
         )
         try:
-            ranked = self._ranker.Rank(rank_req, timeout=self._deadline)
+            ranked = self._ranker.Rank(rank_req, timeout=self._deadline, metadata=meta)
         except grpc.RpcError as exc:
             raise _error("ranker", exc) from None
         return placement_json(found, ranked, req)

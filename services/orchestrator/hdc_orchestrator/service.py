@@ -13,12 +13,13 @@ from hdc_common.identity import InternalTokenVerifier
 from hdc_common.service import Components, Service, run_service
 
 from hdc_orchestrator import sealing
+from hdc_orchestrator.acting_identity import load_private_key
 from hdc_orchestrator.api import AppState
 from hdc_orchestrator.app import create_app
 from hdc_orchestrator.engine import Engine
 from hdc_orchestrator.placement import PlacementClient
 from hdc_orchestrator.settings import OrchestratorSettings
-from hdc_orchestrator.vrouter_client import VRouterClient, load_private_key
+from hdc_orchestrator.vrouter_client import VRouterClient
 from hdc_orchestrator.workers import CallbackSender, Sweeper, register_handlers
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -45,17 +46,17 @@ def build(settings: OrchestratorSettings) -> Components:
     # A second consumer for the im's events (its relay also drains the shared outbox, which
     # is safe: relays claim rows with SKIP LOCKED, as replicas do).
     events_bus = Bus(settings.bus_url, service="orchestrator", sessions=sessions)
+    # The ranker and the vrouter refuse calls without a gateway-signed identity: the
+    # orchestrator signs one for each deployment's owner with the gateway's key.
+    private_key = load_private_key(settings.identity_private_key)
     placement = PlacementClient(
         settings.infoprovider_target,
         settings.ranker_target,
         settings.grpc_deadline_s,
         settings.tenant,
+        private_key_pem=private_key,
     )
-    vrouter = VRouterClient(
-        settings.vrouter_target,
-        settings.grpc_deadline_s,
-        load_private_key(settings.identity_private_key),
-    )
+    vrouter = VRouterClient(settings.vrouter_target, settings.grpc_deadline_s, private_key)
     public = settings.public_url.rstrip("/") or f"http://{settings.http_host}:{settings.http_port}"
     engine = Engine(bus, settings, placement, base_url=lambda: public, vrouter=vrouter)
     register_handlers(bus, events_bus, engine)

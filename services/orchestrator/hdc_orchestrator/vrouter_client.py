@@ -1,26 +1,21 @@
 """gRPC client of the vrouter controller (proto/hdc/vrouter/v1/vrouter.proto).
 
-Identity: the vrouter authorises every call by the gateway-signed `x-hdc-identity`. The
-orchestrator calls it from bus handlers and the sweeper, minutes or hours after the owner's
-request (whose token lives 60 s) ended, so forwarding the caller's token cannot work for
-retries, timeouts or cleanup. It signs, with the gateway's identity key
-(`identity_private_key`), a short-lived token for the deployment's owner (subject, issuer and
-the deployment's group): the overlay then belongs to that user, who sees and manages it in
-the vrouter's own API, and the vrouter's ownership checks stay the ones users get.
+Identity: the vrouter authorises every call by the gateway-signed `x-hdc-identity`; the
+orchestrator signs one for the deployment's owner (acting_identity.py). The overlay then
+belongs to that user, who sees and manages it in the vrouter's own API.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import grpc
 from hdc.vrouter.v1 import vrouter_pb2 as pb
 from hdc.vrouter.v1 import vrouter_pb2_grpc as pb_grpc
-from hdc_common.errors import ConfigError
 from hdc_common.grpc import insecure_channel
-from hdc_common.identity import GRPC_METADATA_KEY, Identity, InternalTokenSigner
+from hdc_common.identity import Identity
 
+from hdc_orchestrator.acting_identity import OwnerSigner
 from hdc_orchestrator.hybrid import OverlayPlan
 
 SERVICE_NAME = "hdc.vrouter.v1.VRouter"
@@ -33,16 +28,6 @@ class VRouterError(Exception):
         self.code = code
 
 
-def load_private_key(value: str) -> str:
-    value = value.strip()
-    if value and not value.startswith("-----BEGIN"):
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"identity_private_key: file {path} does not exist")
-        return path.read_text()
-    return value
-
-
 def _error(what: str, exc: grpc.RpcError) -> VRouterError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -52,23 +37,23 @@ def _error(what: str, exc: grpc.RpcError) -> VRouterError:
 class VRouterClient:
     def __init__(self, target: str, deadline_s: float, private_key_pem: str) -> None:
         self._deadline = deadline_s
-        self._signer = InternalTokenSigner(private_key_pem, ttl_s=60) if private_key_pem else None
+        self._signer = OwnerSigner(private_key_pem)
         self._channel = insecure_channel(target, [SERVICE_NAME], deadline_s=deadline_s)
         self._stub = pb_grpc.VRouterStub(self._channel)
 
     @property
     def can_sign(self) -> bool:
-        return self._signer is not None
+        return self._signer.can_sign
 
     def close(self) -> None:
         self._channel.close()
 
     def _call(self, what: str, method: Any, request: Any, owner: Identity) -> Any:
-        if self._signer is None:
+        if not self._signer.can_sign:
             raise VRouterError(
                 "the orchestrator has no identity_private_key to call the vrouter with"
             )
-        meta = [(GRPC_METADATA_KEY, self._signer.sign(owner))]
+        meta = self._signer.metadata(owner)
         try:
             return method(request, timeout=self._deadline, metadata=meta)
         except grpc.RpcError as exc:

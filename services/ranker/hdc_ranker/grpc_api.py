@@ -4,6 +4,10 @@ The method is registered with raw-bytes (de)serializers: the compiled decoder re
 candidates straight from the request bytes, and the answer is written as bytes, so 10,000
 candidates never become 10,000 Python message objects. Clients use the generated stub as
 usual; the bytes on the wire are the RankRequest / RankResponse of the .proto.
+
+Every call needs the gateway-signed identity in the `x-hdc-identity` metadata (the
+orchestrator signs one for the deployment's owner); without a valid one it is UNAUTHENTICATED
+and the request bytes are not even decoded.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from typing import Any
 
 import grpc
 from hdc.ranker.v1 import ranker_pb2  # noqa: F401 - registers the descriptors (reflection)
+from hdc_common.identity import InternalTokenVerifier
 
+from hdc_ranker.auth import grpc_caller
 from hdc_ranker.engine import Ranker
 from hdc_ranker.errors import RankInputError
 from hdc_ranker.response import rank_bytes
@@ -23,10 +29,12 @@ CPU_METADATA_KEY = "x-hdc-rank-cpu-ms"
 
 
 class RankerServicer:
-    def __init__(self, ranker: Ranker) -> None:
+    def __init__(self, ranker: Ranker, verifier: InternalTokenVerifier) -> None:
         self.ranker = ranker
+        self.verifier = verifier
 
     def rank(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        grpc_caller(self.verifier, context)
         try:
             body, elapsed_ms, cpu_ms = rank_bytes(self.ranker, request)
         except RankInputError as exc:
@@ -48,5 +56,7 @@ def add_to_server(servicer: RankerServicer, server: grpc.Server) -> None:
     server.add_generic_rpc_handlers((handler,))
 
 
-def servicer_entry(ranker: Ranker) -> tuple[Any, RankerServicer, str]:
-    return (add_to_server, RankerServicer(ranker), SERVICE_NAME)
+def servicer_entry(
+    ranker: Ranker, verifier: InternalTokenVerifier
+) -> tuple[Any, RankerServicer, str]:
+    return (add_to_server, RankerServicer(ranker, verifier), SERVICE_NAME)

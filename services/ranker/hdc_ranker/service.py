@@ -8,13 +8,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 from hdc_common.db import check_connection, create_engine, session_factory
 from hdc_common.errors import ConfigError
 from hdc_common.http import create_openapi_app
+from hdc_common.identity import InternalTokenVerifier
 from hdc_common.service import Components, Service, run_service
 from sqlalchemy.engine import Engine
 
+from hdc_ranker.auth import IdentityMiddleware
 from hdc_ranker.engine import Defaults, Ranker
 from hdc_ranker.grpc_api import servicer_entry
 from hdc_ranker.history import EVENT_PATTERN, QUEUE, HistoryStore
@@ -87,6 +90,8 @@ def build(settings: RankerSettings) -> Components:
     ranker = build_ranker(settings, history)
     warm_up()
     api = RestApi(ranker)
+    # Only the gateway's identities are trusted (empty key: every call is refused).
+    verifier = InternalTokenVerifier(settings.identity_key_pem())
 
     def db_ready() -> None:
         check_connection(engine)
@@ -97,11 +102,16 @@ def build(settings: RankerSettings) -> Components:
         resolver=Resolver(function_resolver=lambda op_id: getattr(api, op_id)),
         readiness=[db_ready],
     )
+    app.add_middleware(
+        IdentityMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, verifier=verifier
+    )
     background = []
     bus = _bus_consumer(settings, sessions, history)
     if bus is not None:
         background.append(bus)
-    return Components(asgi_app=app, grpc_servicers=[servicer_entry(ranker)], background=background)
+    return Components(
+        asgi_app=app, grpc_servicers=[servicer_entry(ranker, verifier)], background=background
+    )
 
 
 SERVICE = Service(name="ranker", settings_cls=RankerSettings, build=build)

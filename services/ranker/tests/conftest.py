@@ -7,6 +7,14 @@ from typing import Any
 
 import pytest
 from hdc.ranker.v1 import ranker_pb2 as pb
+from hdc_common.identity import (
+    GRPC_METADATA_KEY,
+    HEADER,
+    Identity,
+    InternalTokenSigner,
+    InternalTokenVerifier,
+    generate_keypair,
+)
 from hdc_ranker.engine import Defaults, Ranker
 from hdc_ranker.plugins import default_registry
 from hdc_ranker.response import warm_up
@@ -77,3 +85,29 @@ def _compiled() -> None:
 @pytest.fixture
 def ranker() -> Ranker:
     return Ranker(default_registry(entry_points_too=False), Defaults())
+
+
+class GatewayKeys:
+    """What the gateway holds (the signing key) and what the ranker trusts (the public key)."""
+
+    def __init__(self) -> None:
+        self.private, self.public = generate_keypair()
+        self._signer = InternalTokenSigner(self.private, ttl_s=300)
+        self.caller = Identity(subject="orchestrator-test", issuer="https://iam.test/")
+
+    def token(self) -> str:
+        return self._signer.sign(self.caller)
+
+    def headers(self) -> dict[str, str]:
+        return {HEADER: self.token()}
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((GRPC_METADATA_KEY, self.token()),)
+
+    def verifier(self) -> InternalTokenVerifier:
+        return InternalTokenVerifier(self.public)
+
+
+@pytest.fixture(scope="session")
+def gateway() -> GatewayKeys:
+    return GatewayKeys()

@@ -11,7 +11,9 @@ import grpc
 import pytest
 from hdc.ranker.v1 import ranker_pb2 as pb
 from hdc.ranker.v1 import ranker_pb2_grpc
-from hdc_common.grpc import create_server
+from hdc_common.grpc import create_server, insecure_channel
+from hdc_common.identity import GRPC_METADATA_KEY, HEADER, Identity, InternalTokenSigner
+from hdc_common.identity import generate_keypair as new_keys
 from hdc_ranker.grpc_api import TIMING_METADATA_KEY, servicer_entry
 from hdc_ranker.service import build
 from hdc_ranker.settings import RankerSettings
@@ -19,21 +21,34 @@ from starlette.testclient import TestClient
 
 
 @pytest.fixture
-def stub(ranker) -> Iterator[ranker_pb2_grpc.RankerStub]:
-    server = create_server(0, [servicer_entry(ranker)])
+def server(ranker, gateway) -> Iterator[object]:
+    server = create_server(0, [servicer_entry(ranker, gateway.verifier())])
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     try:
-        yield ranker_pb2_grpc.RankerStub(channel)
+        yield server
     finally:
-        channel.close()
         server.stop(0)
 
 
 @pytest.fixture
-def http(tmp_path: Path) -> Iterator[TestClient]:
-    settings = RankerSettings(data_dir=tmp_path, grpc_port=0)
-    with TestClient(build(settings).asgi_app) as client:
+def stub(server, gateway) -> Iterator[ranker_pb2_grpc.RankerStub]:
+    # The orchestrator's way: hdc_common's channel adds the signed identity to every call.
+    channel = insecure_channel(f"127.0.0.1:{server.port}", identity_token=gateway.token)
+    try:
+        yield ranker_pb2_grpc.RankerStub(channel)
+    finally:
+        channel.close()
+
+
+@pytest.fixture
+def app(tmp_path: Path, gateway) -> object:
+    settings = RankerSettings(data_dir=tmp_path, grpc_port=0, identity_public_key=gateway.public)
+    return build(settings).asgi_app
+
+
+@pytest.fixture
+def http(app, gateway) -> Iterator[TestClient]:
+    with TestClient(app, headers=gateway.headers()) as client:
         yield client
 
 
@@ -60,18 +75,79 @@ def test_grpc_rank_lists_every_candidate(stub, mk):
     assert float(trailing[TIMING_METADATA_KEY]) > 0
 
 
-def test_grpc_garbage_bytes_are_invalid_argument(ranker):
-    server = create_server(0, [servicer_entry(ranker)])
+def test_grpc_garbage_bytes_are_invalid_argument(server, gateway):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.unary_unary("/hdc.ranker.v1.Ranker/Rank")  # raw bytes both ways
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"\x2a\xff\xff\xff\x0f garbage", timeout=10, metadata=gateway.metadata())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid RankRequest" in err.value.details()
+
+
+def _forged_token() -> str:
+    """Well-formed, but signed by a key the ranker does not trust (not the gateway's)."""
+    private, _ = new_keys()
+    return InternalTokenSigner(private).sign(Identity(subject="mallory", issuer="https://x/"))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "detail"),
+    [
+        ((), "call this service through the hdc gateway"),
+        (lambda: ((GRPC_METADATA_KEY, _forged_token()),), "invalid X-HDC-Identity"),
+        (((GRPC_METADATA_KEY, "not-a-jwt"),), "invalid X-HDC-Identity"),
+    ],
+    ids=["missing", "forged", "garbage"],
+)
+def test_grpc_without_gateway_identity_is_unauthenticated(server, mk, metadata, detail):
+    metadata = metadata() if callable(metadata) else metadata
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = ranker_pb2_grpc.RankerStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Rank(mk.request(mk.candidate("a")), timeout=10, metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert detail in err.value.details()
+
+
+def test_grpc_refused_when_no_signer_is_trusted(ranker, gateway, mk):
+    from hdc_common.identity import InternalTokenVerifier
+
+    server = create_server(0, [servicer_entry(ranker, InternalTokenVerifier(""))])
     server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            call = channel.unary_unary("/hdc.ranker.v1.Ranker/Rank")  # raw bytes both ways
-            with pytest.raises(grpc.RpcError) as err:
-                call(b"\x2a\xff\xff\xff\x0f garbage", timeout=10)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "not a valid RankRequest" in err.value.details()
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+            pytest.raises(grpc.RpcError) as err,
+        ):
+            ranker_pb2_grpc.RankerStub(channel).Rank(
+                mk.request(), timeout=10, metadata=gateway.metadata()
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "trusts no identity signer" in err.value.details()
     finally:
         server.stop(0)
+
+
+@pytest.mark.parametrize("path", ["/rank", "/v1/rank"])
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({}, "call this service through the hdc gateway"),
+        (lambda: {HEADER: _forged_token()}, "invalid X-HDC-Identity"),
+    ],
+    ids=["missing", "forged"],
+)
+def test_rest_without_gateway_identity_is_401(app, path, headers, detail):
+    headers = headers() if callable(headers) else headers
+    with TestClient(app) as bare:
+        # A body that would be a 400: refused as unauthenticated before it is even read.
+        r = bare.post(path, content="[]", headers={"content-type": "application/json"} | headers)
+        assert r.status_code == 401, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert detail in r.json()["detail"]
+        # Probes, metrics and the API description stay open.
+        for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+            assert bare.get(open_path).status_code == 200, open_path
 
 
 def test_grpc_empty_candidate_list(stub):

@@ -21,8 +21,10 @@ def test_golden_byte_for_byte():
     assert cpr.to_json(cpr.rank(json.loads(REQUEST)), error_reason=False) == RESPONSE
 
 
-def test_golden_over_http_with_error_reason(tmp_path):
-    with TestClient(build(RankerSettings(data_dir=tmp_path, grpc_port=0)).asgi_app) as http:
+def test_golden_over_http_with_error_reason(tmp_path, gateway):
+    # As the INDIGO orchestrator calls it: through the gateway, which adds X-HDC-Identity.
+    settings = RankerSettings(data_dir=tmp_path, grpc_port=0, identity_public_key=gateway.public)
+    with TestClient(build(settings).asgi_app, headers=gateway.headers()) as http:
         r = http.post("/rank", content=REQUEST, headers={"content-type": "application/json"})
     assert r.status_code == 200
     ours, theirs = r.json(), json.loads(RESPONSE)

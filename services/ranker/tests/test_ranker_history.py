@@ -8,12 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
 import pytest
 import sqlalchemy as sa
 from hdc.ranker.v1 import ranker_pb2_grpc
 from hdc_common.bus import Bus, CloudEvent
-from hdc_common.grpc import create_server
+from hdc_common.grpc import create_server, insecure_channel
 from hdc_ranker.history import DeploymentOutcome, outcome_from_event
 from hdc_ranker.service import build
 from hdc_ranker.settings import RankerSettings
@@ -69,13 +68,13 @@ def test_outcome_from_event():
 
 
 @contextmanager
-def _run(settings: RankerSettings) -> Iterator[tuple[ranker_pb2_grpc.RankerStub, object]]:
-    comps = build(settings)
+def _run(settings: RankerSettings, gateway) -> Iterator[tuple[ranker_pb2_grpc.RankerStub, object]]:
+    comps = build(settings.model_copy(update={"identity_public_key": gateway.public}))
     for bg in comps.background:
         bg.start()
     server = create_server(0, comps.grpc_servicers)
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = insecure_channel(f"127.0.0.1:{server.port}", identity_token=gateway.token)
     try:
         yield ranker_pb2_grpc.RankerStub(channel), comps
     finally:
@@ -128,18 +127,20 @@ def _learn_and_rank(stub, bus_url: str, database_url: str, mk) -> None:
     assert resp.results[1].criterion_scores[0] == pytest.approx((0.5 - 0.25) / (5 / 6 - 0.25))
 
 
-def test_history_over_embedded_bus(tmp_path: Path, mk):
+def test_history_over_embedded_bus(tmp_path: Path, mk, gateway):
     bus_url = f"memory:///ranker-{uuid.uuid4().hex[:8]}"
     settings = RankerSettings(data_dir=tmp_path, bus_url=bus_url, grpc_port=0)
-    with _run(settings) as (stub, _):
+    with _run(settings, gateway) as (stub, _):
         _learn_and_rank(stub, bus_url, settings.resolved_database_url(), mk)
 
 
 @pytest.mark.rabbitmq
 @pytest.mark.postgres
-def test_history_over_rabbitmq_and_postgres(tmp_path: Path, rabbitmq_url, postgres_url, mk):
+def test_history_over_rabbitmq_and_postgres(
+    tmp_path: Path, rabbitmq_url, postgres_url, mk, gateway
+):
     settings = RankerSettings(
         data_dir=tmp_path, bus_url=rabbitmq_url, database_url=postgres_url, grpc_port=0
     )
-    with _run(settings) as (stub, _):
+    with _run(settings, gateway) as (stub, _):
         _learn_and_rank(stub, rabbitmq_url, postgres_url, mk)
