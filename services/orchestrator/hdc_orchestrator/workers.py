@@ -7,6 +7,7 @@ instead of repeating it, and optimistic locking settles any remaining race.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import hmac
 import logging
@@ -45,7 +46,7 @@ def register_handlers(commands_bus: Any, events_bus: Any, engine: Engine) -> Non
     events_bus.on_event("im.vm.*", queue=IM_EVENTS_QUEUE)(im_event)
 
 
-class _Loop:
+class _Loop(abc.ABC):
     """A daemon thread calling `tick()` every `interval` seconds until stopped."""
 
     name = "loop"
@@ -77,8 +78,9 @@ class _Loop:
             if not busy:
                 self._stop.wait(self.interval)
 
+    @abc.abstractmethod
     def tick(self) -> bool:
-        raise NotImplementedError
+        """One round of work; True when there may be more to do at once."""
 
 
 def _skip_locked(stmt: Any, session: Session) -> Any:
