@@ -5,6 +5,12 @@ command -v rabbitmq-server >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=n
 if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
   rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
   rabbitmq-server -detached
+  # -detached returns before the node registers with epmd; until it does, the
+  # CLI reports "not running at all" and await_startup gives up at once.
+  for _ in $(seq 1 120); do
+    rabbitmq-diagnostics -q ping >/dev/null 2>&1 && break
+    sleep 1
+  done
 fi
 # ping answers before the rabbit app runs; await_startup waits for the app itself.
 rabbitmqctl await_startup --timeout 120 >/dev/null
