@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 from hdc.ranker.v1 import ranker_pb2  # noqa: F401 - registers the descriptors (reflection)
 from hdc_common.identity import InternalTokenVerifier
+from hdc_common.require_identity import grpc_caller
 
-from hdc_ranker.auth import grpc_caller
 from hdc_ranker.engine import Ranker
 from hdc_ranker.errors import RankInputError
 from hdc_ranker.response import rank_bytes

@@ -8,16 +8,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 from hdc_common.db import check_connection, create_engine, session_factory
 from hdc_common.errors import ConfigError
 from hdc_common.http import create_openapi_app
 from hdc_common.identity import InternalTokenVerifier
+from hdc_common.require_identity import require_identity
 from hdc_common.service import Components, Service, run_service
 from sqlalchemy.engine import Engine
 
-from hdc_ranker.auth import IdentityMiddleware
 from hdc_ranker.engine import Defaults, Ranker
 from hdc_ranker.grpc_api import servicer_entry
 from hdc_ranker.history import EVENT_PATTERN, QUEUE, HistoryStore
@@ -102,9 +101,7 @@ def build(settings: RankerSettings) -> Components:
         resolver=Resolver(function_resolver=lambda op_id: getattr(api, op_id)),
         readiness=[db_ready],
     )
-    app.add_middleware(
-        IdentityMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, verifier=verifier
-    )
+    require_identity(app, verifier)
     background = []
     bus = _bus_consumer(settings, sessions, history)
     if bus is not None:

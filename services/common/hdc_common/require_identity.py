@@ -1,4 +1,4 @@
-"""Only the gateway's callers are ranked: every API operation needs a gateway-signed identity.
+"""Services answer only the gateway's callers: every API operation needs a gateway-signed identity.
 
 REST: the `X-HDC-Identity` header, checked by an ASGI middleware placed after connexion's
 routing and before its request validation, so a caller that skips the gateway learns nothing
@@ -14,11 +14,20 @@ import json
 from typing import Any
 
 import grpc
+from connexion.middleware import MiddlewarePosition
 from connexion.middleware.abstract import ROUTING_CONTEXT
+from starlette.datastructures import Headers
+
 from hdc_common.errors import PROBLEM_JSON, Problem
 from hdc_common.grpc import caller_identity_token
 from hdc_common.identity import HEADER, Identity, InternalTokenVerifier, identity_from_headers
-from starlette.datastructures import Headers
+
+
+def require_identity(app: Any, verifier: InternalTokenVerifier) -> None:
+    """Make a connexion app refuse every operation called without a gateway-signed identity."""
+    app.add_middleware(
+        IdentityMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, verifier=verifier
+    )
 
 
 def grpc_caller(verifier: InternalTokenVerifier, context: grpc.ServicerContext) -> Identity:
