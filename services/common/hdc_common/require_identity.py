@@ -11,6 +11,7 @@ gRPC: the `x-hdc-identity` call metadata, which hdc_common's server interceptor 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import grpc
@@ -23,10 +24,18 @@ from hdc_common.grpc import caller_identity_token
 from hdc_common.identity import HEADER, Identity, InternalTokenVerifier, identity_from_headers
 
 
-def require_identity(app: Any, verifier: InternalTokenVerifier) -> None:
-    """Make a connexion app refuse every operation called without a gateway-signed identity."""
+def require_identity(
+    app: Any, verifier: InternalTokenVerifier, open_operations: Collection[str] = ()
+) -> None:
+    """Make a connexion app refuse every operation called without a gateway-signed identity.
+
+    open_operations: operationIds anyone may call (a version string clients ask for unsigned).
+    """
     app.add_middleware(
-        IdentityMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, verifier=verifier
+        IdentityMiddleware,
+        position=MiddlewarePosition.BEFORE_VALIDATION,
+        verifier=verifier,
+        open_operations=frozenset(open_operations),
     )
 
 
@@ -43,13 +52,20 @@ def grpc_caller(verifier: InternalTokenVerifier, context: grpc.ServicerContext) 
 class IdentityMiddleware:
     """ASGI middleware (connexion position BEFORE_VALIDATION) refusing unsigned calls."""
 
-    def __init__(self, app: Any, verifier: InternalTokenVerifier) -> None:
+    def __init__(
+        self,
+        app: Any,
+        verifier: InternalTokenVerifier,
+        open_operations: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.verifier = verifier
+        self.open_operations = open_operations
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         routing = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
-        if scope["type"] == "http" and routing.get("operation_id"):
+        operation = routing.get("operation_id")
+        if scope["type"] == "http" and operation and operation not in self.open_operations:
             try:
                 identity_from_headers(Headers(scope=scope), self.verifier)
             except Problem as exc:

@@ -29,6 +29,7 @@ from hdc_gateway import embedded_op
 from hdc_gateway.client_address import ClientAddress
 from hdc_gateway.cors import Cors
 from hdc_gateway.fast_upstream import FastUpstream
+from hdc_gateway.im_authorization import im_token
 from hdc_gateway.jwks import KeySet
 from hdc_gateway.model_routes import METRIC_LABEL, ModelRouteError, ModelRoutes, lookup_upstream
 from hdc_gateway.model_routes import parse as parse_model_path
@@ -347,11 +348,18 @@ class GatewayApp:
         if access == "anonymous":
             return None
         token = _bearer(authorization)
+        if token is None and authorization and route and route.token_from == "im_authorization":
+            token = im_token(authorization)
         if token is None:
             if access == "optional" and authorization is None:
                 return None
             detail = (
                 "Authorization header is not a Bearer token"
+                + (
+                    " nor an IM header with a token on its InfrastructureManager line"
+                    if route and route.token_from == "im_authorization"
+                    else ""
+                )
                 if authorization
                 else "no access token: send 'Authorization: Bearer <token>'"
             )

@@ -29,6 +29,7 @@ class Route:
     groups: frozenset[str]
     roles: frozenset[str]
     forward_authorization: bool
+    token_from: str
     max_body_bytes: int | None
     read_timeout_s: float | None
     # Parsed once: plain-http upstreams take the lean client for bodyless GETs.
@@ -49,6 +50,7 @@ class Route:
             groups=frozenset(s.groups),
             roles=frozenset(s.roles),
             forward_authorization=s.forward_authorization,
+            token_from=s.token_from,
             max_body_bytes=s.max_body_bytes if s.max_body_bytes is not None else default_max_body,
             read_timeout_s=s.read_timeout_s,
             upstream_host=url.host or "127.0.0.1",

@@ -79,6 +79,9 @@ class RouteSettings(_Strict):
     groups: list[str] = Field(default_factory=list)  # any one suffices
     roles: list[str] = Field(default_factory=list)  # any one suffices
     forward_authorization: bool = True
+    # Where the access token is: `Authorization: Bearer`, or also the InfrastructureManager
+    # line of an IM-style Authorization header (grycap im-client; see im_authorization.py).
+    token_from: Literal["bearer", "im_authorization"] = "bearer"
     max_body_bytes: int | None = Field(default=None, ge=0)
     # Seconds to wait for the upstream between two reads; None keeps SSE streams open.
     read_timeout_s: float | None = Field(default=None, gt=0)
@@ -147,6 +150,10 @@ class CorsSettings(_Strict):
         return self
 
 
+# im-client asks for /version without credentials, as grycap's IM allows.
+IM_ANONYMOUS = ["/healthz", "/readyz", "/openapi.json", "/ui", "/version"]
+
+
 def default_routes() -> list[RouteSettings]:
     """Every hdc service at its default port; the dashboard takes what is left."""
     services = {
@@ -158,7 +165,16 @@ def default_routes() -> list[RouteSettings]:
         "serving": 8106,
     }
     routes = [
-        RouteSettings(prefix=f"/{name}", upstream=f"http://127.0.0.1:{port}", strip_prefix=True)
+        RouteSettings(
+            prefix=f"/{name}",
+            upstream=f"http://127.0.0.1:{port}",
+            strip_prefix=True,
+            **(
+                {"token_from": "im_authorization", "anonymous_paths": IM_ANONYMOUS}
+                if name == "im"
+                else {}
+            ),
+        )
         for name, port in services.items()
     ]
     routes.append(RouteSettings(prefix="/", upstream="http://127.0.0.1:8107", access="optional"))

@@ -11,6 +11,7 @@ from hdc_common.bus import Bus
 from hdc_common.db import check_connection, create_engine, migrate, session_factory
 from hdc_common.http import create_openapi_app
 from hdc_common.identity import HEADER, InternalTokenVerifier
+from hdc_common.require_identity import require_identity
 from hdc_common.service import Components, Service
 
 from hdc_im.api import ImApi
@@ -88,6 +89,11 @@ def build_parts(settings: ImSettings) -> dict[str, Any]:
         resolver=Resolver(function_resolver=lambda op: getattr(api, op.rsplit(".", 1)[-1])),
         strict_validation=False,
     )
+    if settings.identity_key_pem():
+        # In the platform every caller comes through the gateway; IM-native username/password
+        # lines are honoured only by a standalone im started without the gateway's key.
+        verifier = InternalTokenVerifier(settings.identity_key_pem())
+        require_identity(app, verifier, open_operations={"api.get_version"})
     sites = [
         (lambda sid=sid, conf=conf: factory({"id": sid, "type": conf.type}, None))
         for sid, conf in settings.sites.items()
