@@ -51,7 +51,7 @@ run: setup
 
 ## run-distributed: one process per service on the real RabbitMQ and PostgreSQL (and Keycloak)
 run-distributed: setup infra
-	$(BIN)/hdc up --distributed
+	$(BIN)/hdc up --distributed --trust-issuer http://127.0.0.1:18080/realms/hdc
 
 down:
 	$(BIN)/hdc down

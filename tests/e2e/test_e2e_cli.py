@@ -95,3 +95,35 @@ def test_platform_not_reachable(platform):
         port = s.getsockname()[1]
     out = platform.hdc("site", "list", HDC_URL=f"http://127.0.0.1:{port}", HDC_TOKEN="x")
     assert out.returncode == NOT_RUNNING and "hdc up" in out.stderr
+
+
+def test_wait_follows_the_events_stream(platform):
+    """`--wait` in human mode shows each event as the deployment advances, then the result."""
+    import re
+
+    created = platform.hdc(
+        "deployment",
+        "create",
+        str(TEMPLATES / "deep-oc-model.yaml"),
+        "--param",
+        "model=digits",
+        "--wait",
+        "--wait-timeout",
+        "120",
+        timeout=180,
+    )
+    assert created.returncode == 0, created.stderr + created.stdout
+    uuid = re.search(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", created.stdout
+    )
+    assert uuid, created.stdout
+    events = platform.hdc_json("deployment", "events", uuid.group(0))["events"]
+    # every event of the stream was printed as it came, then the final document
+    lines = created.stdout.splitlines()
+    for event in events:
+        assert any(event["kind"] in line and event["time"] in line for line in lines), event
+    assert re.search(r"status\s+CREATE_COMPLETE", created.stdout), created.stdout
+    deleted = platform.hdc("deployment", "delete", uuid.group(0), "--wait", timeout=180)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "DELETE_COMPLETE" in deleted.stdout
+    assert platform.hdc("deployment", "show", uuid.group(0)).returncode == NOT_FOUND

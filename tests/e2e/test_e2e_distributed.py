@@ -1,6 +1,8 @@
 """The main job in distributed mode: one process per service, the real RabbitMQ (a fresh
-vhost) and PostgreSQL (fresh databases), the gateway in front. After the delete nothing of
-the deployment is left: no process, no port, no database row, no broker queue."""
+vhost) and PostgreSQL (fresh databases), the gateway in front trusting the real Keycloak,
+whose users deploy and predict. No service answers a caller that skips the gateway. After
+the delete nothing of the deployment is left: no process, no port, no database row, no
+broker queue."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -20,6 +23,35 @@ from tests.e2e.flow import digit_png, listening, model_url, post_digit, processe
 HDC = str(Path(sys.executable).with_name("hdc"))
 PG_DSN = os.environ.get("HDC_TEST_POSTGRES", "postgresql+psycopg://hdc:hdc@127.0.0.1:5432")
 SERVICES = ("gateway", "im", "infoprovider", "orchestrator", "ranker", "vrouter")
+REPO = Path(__file__).resolve().parents[2]
+KC_URL = os.environ.get("HDC_TEST_KEYCLOAK_URL", "http://127.0.0.1:18080")
+ISSUER = f"{KC_URL}/realms/hdc"
+# One operation of each service's API, called straight at its port (no gateway).
+DIRECT_CALLS = {
+    "orchestrator": ("GET", "http://127.0.0.1:8101/deployments"),
+    "im": ("GET", "http://127.0.0.1:8102/infrastructures"),
+    "infoprovider": ("GET", "http://127.0.0.1:8103/v1/sites"),
+    "ranker": ("POST", "http://127.0.0.1:8104/rank"),
+    "vrouter": ("GET", "http://127.0.0.1:8105/overlays"),
+}
+
+
+def keycloak_token(username: str) -> str:
+    """A user's access token from the real Keycloak (password grant of the CLI's client)."""
+    subprocess.run(["bash", str(REPO / "tests/infra/keycloak.sh")], check=True, timeout=420)
+    r = httpx.post(
+        f"{ISSUER}/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": "hdc-cli",
+            "username": username,
+            "password": f"{username}-pass",
+            "scope": "openid",
+        },
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
 
 
 def rows(db_url: str, sql: str, **params: str) -> list:
@@ -36,7 +68,9 @@ def rows(db_url: str, sql: str, **params: str) -> list:
 def test_main_job_distributed(tmp_path, rabbitmq_url, rabbitmq_api):
     prefix = f"t_{uuidlib.uuid4().hex[:10]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HDC_")}
+    alice, bob = keycloak_token("alice"), keycloak_token("bob")
     env |= {
+        "HDC_TOKEN": alice,
         "HDC_HOME": str(tmp_path / "home"),
         "HDC_BUS_URL": rabbitmq_url,
         "HDC_POSTGRES_URL": PG_DSN,
@@ -50,7 +84,12 @@ def test_main_job_distributed(tmp_path, rabbitmq_url, rabbitmq_api):
         assert out.returncode == 0, f"hdc {' '.join(args)}: {out.stderr}{out.stdout}"
         return json.loads(out.stdout)
 
-    up = subprocess.run([HDC, "up", "--distributed"], env=env, capture_output=True, text=True)
+    up = subprocess.run(
+        [HDC, "up", "--distributed", "--trust-issuer", ISSUER],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     try:
         assert up.returncode == 0, up.stderr + up.stdout
         status = hdc("status")
@@ -64,13 +103,20 @@ def test_main_job_distributed(tmp_path, rabbitmq_url, rabbitmq_api):
         assert dep["status"] == "CREATE_COMPLETE", dep
         uuid, infra = dep["uuid"], dep["physicalId"]
         endpoint = dep["outputs"]["endpoint"]
+        assert dep["createdBy"]["issuer"] == ISSUER  # deployed as the Keycloak user
         seven = digit_png(tmp_path / "seven.png", 7)
-        token = subprocess.run(
-            [HDC, "token"], env=env, capture_output=True, text=True, timeout=60
-        ).stdout.strip()
-        r = post_digit(model_url(uuid), seven, {"Authorization": f"Bearer {token}"})
+        r = post_digit(model_url(uuid), seven, {"Authorization": f"Bearer {alice}"})
         assert r.status_code == 200 and r.json()["predictions"]["label"] == 7, r.text
-        assert post_digit(endpoint, seven).status_code == 401  # the gateway cannot be skipped
+        stranger = post_digit(model_url(uuid), seven, {"Authorization": f"Bearer {bob}"})
+        assert stranger.status_code == 404, stranger.text  # bob may not see alice's model
+        # The gateway cannot be skipped: not for the model, not for any service, even with
+        # a perfectly valid Keycloak token.
+        assert post_digit(endpoint, seven, {"Authorization": f"Bearer {alice}"}).status_code == 401
+        for name, (method, url) in DIRECT_CALLS.items():
+            direct = httpx.request(
+                method, url, headers={"Authorization": f"Bearer {alice}"}, json={}, timeout=10
+            )
+            assert direct.status_code == 401, f"{name} answered {direct.status_code}: {direct.text}"
         assert (
             hdc("model", "predict", uuid, "--file", f"image={seven}")["predictions"]["label"] == 7
         )

@@ -93,14 +93,19 @@ class Api:
         except ValueError:
             return resp.text
 
-    def stream_lines(self, path: str, headers: dict[str, str] | None = None) -> Iterator[str]:
-        """Lines of a streamed response (Server-Sent Events)."""
+    def stream_lines(
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        read_timeout_s: float | None = None,
+    ) -> Iterator[str]:
+        """Lines of a streamed response (Server-Sent Events); read_timeout_s bounds silence."""
         try:
             with httpx.stream(
                 "GET",
                 self.base_url + path,
                 headers=self._headers(headers),
-                timeout=httpx.Timeout(self.timeout_s, read=None),
+                timeout=httpx.Timeout(self.timeout_s, read=read_timeout_s),
             ) as resp:
                 if resp.status_code >= 400:
                     resp.read()

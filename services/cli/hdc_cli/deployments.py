@@ -9,18 +9,15 @@ resshow → resource show, test → status.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import click
-from hdc_cli.api import EXIT_ERROR, EXIT_TIMEOUT, Api, CliError
+from hdc_cli.api import EXIT_ERROR, Api
+from hdc_cli.follow import event_line, follow, sse_messages
 from hdc_cli.output import console, emit_json, fields, json_option, table
-from rich.live import Live
-from rich.spinner import Spinner
 
 ORCH = "/orchestrator"
-TERMINAL = {"CREATE_COMPLETE", "CREATE_FAILED", "UPDATE_COMPLETE", "UPDATE_FAILED", "DELETE_FAILED"}
 DEPLOYMENT_ORDER = (
     "uuid",
     "status",
@@ -227,24 +224,7 @@ def delete(uuid: str, force: bool, wait: bool, wait_timeout: int, as_json: bool)
     api.request("DELETE", f"{ORCH}/deployments/{uuid}", params={"force": "true" if force else None})
     result = {"uuid": uuid, "status": "DELETE_IN_PROGRESS"}
     if wait:
-        deadline = time.monotonic() + wait_timeout
-        with console.status(f"deleting {uuid}…") if not as_json else _nullcontext():
-            while True:
-                try:
-                    doc = api.request("GET", f"{ORCH}/deployments/{uuid}")
-                except CliError as exc:
-                    if exc.exit_code == 4:
-                        result["status"] = "DELETE_COMPLETE"
-                        break
-                    raise
-                if doc["status"] == "DELETE_FAILED":
-                    result = doc
-                    break
-                if time.monotonic() > deadline:
-                    raise CliError(
-                        f"{uuid} still {doc['status']} after {wait_timeout}s", EXIT_TIMEOUT
-                    )
-                time.sleep(1)
+        result = follow(api, uuid, wait_timeout, quiet=as_json)
     emit_json(result) if as_json else console.print(f"{uuid}: {result['status']}")
     if result["status"] == "DELETE_FAILED":
         raise SystemExit(EXIT_ERROR)
@@ -282,8 +262,9 @@ def events(uuid: str, follow: bool, as_json: bool) -> None:
     """Every state change and provider attempt of a deployment."""
     api = Api.from_env()
     if follow:
-        for event in _sse(api, uuid):
-            emit_json(event) if as_json else _print_event(event)
+        for _name, event in sse_messages(api, uuid):
+            if event is not None:
+                emit_json(event) if as_json else console.print(event_line(event), highlight=False)
         return
     doc = api.request("GET", f"{ORCH}/deployments/{uuid}/events")
     rows = doc.get("events", []) if isinstance(doc, dict) else doc
@@ -291,7 +272,7 @@ def events(uuid: str, follow: bool, as_json: bool) -> None:
         emit_json(doc)
     else:
         for event in rows:
-            _print_event(event)
+            console.print(event_line(event), highlight=False)
 
 
 @deployment.command()
@@ -339,62 +320,6 @@ def _print_placement(doc: Any) -> None:
             ],
             title="attempts",
         )
-
-
-def _print_event(event: dict[str, Any]) -> None:
-    when = event.get("time") or ""
-    what = event.get("kind") or ""
-    msg = event.get("message") or ""
-    console.print(f"{when}  {event.get('status', ''):18} {what:18} {msg}")
-
-
-def _sse(api: Api, uuid: str) -> Any:
-    data: list[str] = []
-    for line in api.stream_lines(
-        f"{ORCH}/deployments/{uuid}/events", headers={"Accept": "text/event-stream"}
-    ):
-        if line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            try:
-                yield json.loads("\n".join(data))
-            except ValueError:
-                yield {"message": "\n".join(data)}
-            data = []
-
-
-def follow(api: Api, uuid: str, timeout_s: int, quiet: bool = False) -> dict[str, Any]:
-    """Poll the deployment with a live display until it reaches a terminal status."""
-    deadline = time.monotonic() + timeout_s
-    doc = api.request("GET", f"{ORCH}/deployments/{uuid}")
-    live = (
-        None
-        if quiet
-        else Live(Spinner("dots", text=f"{uuid} {doc['status']}"), console=console, transient=True)
-    )
-    if live:
-        live.start()
-    try:
-        while doc["status"] not in TERMINAL:
-            if time.monotonic() > deadline:
-                raise CliError(f"{uuid} still {doc['status']} after {timeout_s}s", EXIT_TIMEOUT)
-            time.sleep(1)
-            doc = api.request("GET", f"{ORCH}/deployments/{uuid}")
-            if live:
-                reason = f" — {doc['statusReason']}" if doc.get("statusReason") else ""
-                live.update(Spinner("dots", text=f"{uuid} {doc['status']}{reason}"))
-    finally:
-        if live:
-            live.stop()
-    return doc
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @click.group("resource")

@@ -41,7 +41,12 @@ def ensure_database(server_url: str, name: str) -> str:
 
 
 def service_env(
-    home: Path, name: str, bus_url: str, database_url: str, replica: int
+    home: Path,
+    name: str,
+    bus_url: str,
+    database_url: str,
+    replica: int,
+    trust_issuers: list[str] | None = None,
 ) -> dict[str, str]:
     prefix = f"HDC_{name.upper()}_"
     env = dict(os.environ)
@@ -49,6 +54,13 @@ def service_env(
     env[f"{prefix}BUS_URL"] = bus_url
     env[f"{prefix}DATABASE_URL"] = database_url
     env[f"{prefix}DATA_DIR"] = str(home / "data")
+    if name == "gateway" and trust_issuers:
+        # Users log in at these providers (hdc login --issuer); the embedded signing key
+        # stays trusted too, for the local site's agent and `hdc token`.
+        issuers = [
+            {"issuer": url.rstrip("/"), "audiences": ["hdc-gateway"]} for url in trust_issuers
+        ]
+        env[f"{prefix}ISSUERS"] = json.dumps(issuers)
     if replica:
         # Extra replicas listen on shifted ports; the first keeps the well-known one.
         settings = load_settings(discover()[name].settings_cls)
@@ -60,7 +72,12 @@ def service_env(
 
 
 def start(
-    home: Path, bus_url: str, postgres_url: str, replicas: int = 1, db_prefix: str = "hdc"
+    home: Path,
+    bus_url: str,
+    postgres_url: str,
+    replicas: int = 1,
+    db_prefix: str = "hdc",
+    trust_issuers: list[str] | None = None,
 ) -> dict:
     home.mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
@@ -70,7 +87,7 @@ def start(
         for name, service in discover().items():
             db_url = ensure_database(postgres_url, f"{db_prefix}_{name}")
             for replica in range(replicas):
-                env = service_env(home, name, bus_url, db_url, replica)
+                env = service_env(home, name, bus_url, db_url, replica, trust_issuers or [])
                 log = open(home / "logs" / f"{name}-{replica}.log", "ab")  # noqa: SIM115 - owned by the child
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "hdc_cli.run_one", name],
@@ -113,7 +130,9 @@ def _start_local_site_agent(home: Path, services: dict[str, dict[str, str]]) -> 
     """This machine's site, registered with the infoprovider like in embedded mode."""
     from hdc_cli import local_site
 
-    if "http" not in services.get("infoprovider", {}) or not local_site.available():
+    if "infoprovider" not in services or "http" not in services.get("gateway", {}):
+        return None
+    if not local_site.available():
         return None
     log = open(home / "logs" / "local-site-agent.log", "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
@@ -122,7 +141,7 @@ def _start_local_site_agent(home: Path, services: dict[str, dict[str, str]]) -> 
             "-m",
             "hdc_cli.local_site",
             str(home / "data"),
-            services["infoprovider"]["http"],
+            local_site.registry_url(services["gateway"]["http"]),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -93,6 +93,14 @@ def _health(urls: dict[str, str]) -> str:
     help="Databases are <prefix>_<service> (distributed mode).",
 )
 @click.option(
+    "--trust-issuer",
+    "trust_issuers",
+    multiple=True,
+    metavar="URL",
+    help="OpenID provider whose tokens (audience hdc-gateway) the gateway accepts, e.g. "
+    "Keycloak's realm URL (distributed mode; repeatable).",
+)
+@click.option(
     "--replicas",
     type=click.IntRange(min=1, max=5),
     default=1,
@@ -105,6 +113,7 @@ def up(
     bus_url: str,
     postgres: str,
     db_prefix: str,
+    trust_issuers: tuple[str, ...],
     replicas: int,
 ) -> None:
     """Start every installed service on this machine (embedded mode by default)."""
@@ -119,7 +128,9 @@ def up(
 
         with console.status("starting hdc services (distributed)…"):
             try:
-                state = dist.start(home, bus_url, postgres, replicas, db_prefix)
+                state = dist.start(
+                    home, bus_url, postgres, replicas, db_prefix, list(trust_issuers)
+                )
             except Exception as exc:
                 err.print(f"[red]hdc up --distributed failed:[/red] {exc}")
                 raise SystemExit(1) from None

@@ -28,7 +28,8 @@ from hdc_cli.api import (
     CliError,
     raise_for_status,
 )
-from hdc_cli.deployments import ORCH, follow, parse_params
+from hdc_cli.deployments import ORCH, parse_params
+from hdc_cli.follow import follow
 from hdc_cli.output import console, emit_json, fields, json_option, table
 
 # The serving catalog behind the gateway; answers 502/503 when no serving runs there.
