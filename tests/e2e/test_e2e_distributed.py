@@ -32,7 +32,7 @@ DIRECT_CALLS = {
     "im": ("GET", "http://127.0.0.1:8102/infrastructures"),
     "infoprovider": ("GET", "http://127.0.0.1:8103/v1/sites"),
     "ranker": ("POST", "http://127.0.0.1:8104/rank"),
-    "vrouter": ("GET", "http://127.0.0.1:8105/overlays"),
+    "vrouter": ("GET", "http://127.0.0.1:8105/v1/overlays"),
 }
 
 
