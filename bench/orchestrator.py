@@ -1,6 +1,7 @@
 """Benchmark of the orchestrator: 500 deployments submitted concurrently.
 
-Real PostgreSQL and RabbitMQ (fresh database and vhost), one real orchestrator process.
+Real PostgreSQL and RabbitMQ (fresh database and vhost), one real orchestrator process
+(`--layout split`: an API process and a workers process, role=api / role=workers).
 Placement: the real `hdc-ranker` when it starts (`--ranker auto|real`), else its gRPC test
 double; candidates come from the gRPC test double of the infoprovider contract
 (tests/orchestrator/orch_doubles.py). The im is the real `hdc-im` on its dummy driver when
@@ -11,6 +12,12 @@ Anchor (same run): the same number of create commands sent straight to the im ov
 bus, without the orchestrator: `vs_bus_anchor` is the orchestrator's completed
 deployments/s divided by that bare command->configured round-trip rate. The issue's goals
 are reported as ratios too (>= 1.0 means the goal is met).
+
+GET /deployments/{id} latency is probed while the load runs from a process of its own (so
+it times the server, not this process's busy threads): `get_p99_ms` as the client sees it,
+`get_server_p99_ms` from the server's `Server-Timing`. The orchestrator's CPU time per
+deployment and per GET (from /proc) do not depend on how busy the machine is, as the
+latencies do.
 
 Prints ONE JSON line.
 """
@@ -49,12 +56,32 @@ from orch_doubles import (  # noqa: E402
 )
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank) of the finite values; None when there are none."""
+    ordered = sorted(v for v in values if v == v)  # NaN (no Server-Timing) != itself
+    if not ordered:
+        return None
     k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def rounded(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """CPU time (user + system) the processes used so far; None where /proc is missing."""
+    import os
+
+    total = 0.0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
 
 
 def bus_anchor(bus_url: str, tmp: Path, n: int) -> float:
@@ -185,6 +212,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--im", choices=["auto", "real", "double"], default="auto")
     parser.add_argument("--ranker", choices=["auto", "real", "double"], default="auto")
+    parser.add_argument(
+        "--layout",
+        choices=["single", "split"],
+        default="single",
+        help="one orchestrator process (role=all), or an API process and a workers process",
+    )
+    parser.add_argument(
+        "--keep-db", action="store_true", help="keep the orchestrator's database to inspect it"
+    )
     args = parser.parse_args()
 
     vhost, db, im_db = infra.make_vhost(), infra.make_db(), infra.make_db()
@@ -195,7 +231,7 @@ def main() -> None:
     signer = Signer()
     im_kind, im_proc, im_double = "double", None, None
     ranker_proc, ranker_target = None, doubles.target
-    orch = None
+    orchs: list[OrchestratorProcess] = []
     try:
         if args.im in ("auto", "real"):
             im_proc = start_real_im(bus_url, f"{infra.PG_DSN}/{im_db}", tmp)
@@ -226,20 +262,35 @@ def main() -> None:
             minute_s=60,
             sweep_interval_s=1,
         )
-        orch = OrchestratorProcess(env, tmp / "orch.log").start()
-        result = run_load(orch.url, signer, args.n, args.concurrency, bus_url, tmp)
+        if args.layout == "split":
+            # The API and the workflow workers as two processes on the same database and
+            # broker (role=api / role=workers); all client traffic goes to the API one.
+            workers_env = env | {
+                "HDC_ORCHESTRATOR_ROLE": "workers",
+                "HDC_ORCHESTRATOR_HTTP_PORT": str(free_port()),
+            }
+            orchs.append(OrchestratorProcess(workers_env, tmp / "orch-workers.log").start())
+            env = env | {"HDC_ORCHESTRATOR_ROLE": "api"}
+        orchs.append(OrchestratorProcess(env, tmp / "orch.log").start())
+        pids = [o.proc.pid for o in orchs if o.proc is not None]
+        result = run_load(orchs[-1].url, signer, args.n, args.concurrency, bus_url, tmp, pids)
         result |= {
+            "orchestrator": "one process"
+            if args.layout == "single"
+            else "two processes: role=api + role=workers",
             "im": im_kind,
             "placement": "infoprovider test double + "
             + ("real hdc-ranker" if ranker_proc is not None else "ranker test double"),
             "bus_anchor_roundtrips_per_s": round(anchor_rate, 1),
             "vs_bus_anchor": round(result["deployments_per_s"] / anchor_rate, 3),
             "throughput_vs_goal_20_per_s": round(result["deployments_per_s"] / 20, 3),
-            "get_p99_vs_goal_20ms": round(20 / result["get_p99_ms"], 3),
+            "get_p99_vs_goal_20ms": round(20 / result["get_p99_ms"], 3)
+            if result["get_p99_ms"]
+            else None,
         }
         print(json.dumps(result))
     finally:
-        if orch:
+        for orch in orchs:
             orch.stop()
         if im_double:
             im_double.stop()
@@ -250,15 +301,52 @@ def main() -> None:
         doubles.stop()
         infra.drop_vhost(vhost)
         for name in (db, im_db):
+            if args.keep_db and name == db:
+                print(f"kept database {name}", file=sys.stderr)
+                continue
             infra.drop_db(name)
 
 
+def probe_gets(
+    url: str, headers: dict[str, str], ids: Any, ready: Any, stop: Any, out: Any
+) -> None:
+    """GET /deployments/{id} latency while the load runs, from a process of its own: in the
+    submitting process the probe would also time that process's 32 busy threads (the GIL),
+    not the server. Sends back the client-side times and the server's own `Server-Timing`."""
+    known: list[str] = []
+    wall: list[float] = []
+    server: list[float] = []
+    ready.set()
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        while not stop.is_set():
+            while not ids.empty():
+                known.append(ids.get())
+            if not known:
+                time.sleep(0.01)
+                continue
+            t = time.perf_counter()
+            r = client.get(f"/deployments/{random.choice(known)}")
+            r.raise_for_status()
+            wall.append((time.perf_counter() - t) * 1000)
+            server.append(server_ms(r))
+            time.sleep(0.005)
+    out.send((wall, server))
+
+
+def server_ms(response: httpx.Response) -> float:
+    timing = response.headers.get("server-timing", "")
+    _, _, dur = timing.partition("dur=")
+    return float(dur) if dur else float("nan")
+
+
 def run_load(
-    url: str, signer: Signer, n: int, concurrency: int, bus_url: str, tmp: Path
+    url: str, signer: Signer, n: int, concurrency: int, bus_url: str, tmp: Path, pids: list[int]
 ) -> dict[str, Any]:
     """Submit n deployments from `concurrency` threads; completion times come from the
     orchestrator's own `orchestrator.deployment.create_complete` events (no API polling, so
     the measurement does not load the API it measures)."""
+    import multiprocessing
+
     from hdc_common.bus import Bus, create_tables
     from hdc_common.db import create_engine, session_factory
 
@@ -272,8 +360,6 @@ def run_load(
     submitted: dict[str, float] = {}
     completed: dict[str, float] = {}
     failed: set[str] = set()
-    get_ms: list[float] = []
-    stop = threading.Event()
     lock = threading.Lock()
 
     engine = create_engine(f"sqlite:///{tmp / 'bench-events.db'}")
@@ -290,44 +376,46 @@ def run_load(
                 failed.add(event.data["uuid"])
 
     watcher.start()
+    ctx = multiprocessing.get_context("spawn")
+    ids, ready, stop = ctx.Queue(), ctx.Event(), ctx.Event()
+    results, sink = ctx.Pipe(duplex=False)
+    prober = ctx.Process(
+        target=probe_gets, args=(url, headers, ids, ready, stop, sink), daemon=True
+    )
+    prober.start()
+    if not ready.wait(120):
+        raise SystemExit("the GET prober process did not start")
 
     def submit(_: int) -> None:
         t = time.perf_counter()
         r = client.post("/deployments", json={"template": TEMPLATE})
         r.raise_for_status()
+        uuid_ = r.json()["uuid"]
         with lock:
-            submitted[r.json()["uuid"]] = t
+            submitted[uuid_] = t
+        ids.put(uuid_)
 
-    def prober() -> None:
-        # GET /deployments/{id} latency while the load runs.
-        while not stop.is_set():
-            with lock:
-                ids = list(submitted)
-            if not ids:
-                time.sleep(0.01)
-                continue
-            t = time.perf_counter()
-            client.get(f"/deployments/{random.choice(ids)}").raise_for_status()
-            get_ms.append((time.perf_counter() - t) * 1000)
-            time.sleep(0.005)
-
-    probe = threading.Thread(target=prober, daemon=True)
+    cpu_start = cpu_seconds(pids)
     start = time.perf_counter()
-    probe.start()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(submit, range(n)))
     deadline = time.perf_counter() + 600
     while len(completed) + len(failed) < n and time.perf_counter() < deadline:
         time.sleep(0.05)
     stop.set()
-    probe.join(5)
+    get_ms, get_server_ms = results.recv() if results.poll(30) else ([], [])
+    prober.join(10)
+    cpu_end = cpu_seconds(pids)
     # The same GET once the load is over (what a dashboard sees on a quiet system).
     idle_ms: list[float] = []
-    ids = list(submitted)
+    ids_done = list(submitted)
     for _ in range(300):
         t = time.perf_counter()
-        client.get(f"/deployments/{random.choice(ids)}").raise_for_status()
+        client.get(f"/deployments/{random.choice(ids_done)}").raise_for_status()
         idle_ms.append((time.perf_counter() - t) * 1000)
+    cpu_idle = cpu_seconds(pids)
+    cpu_idle = None if cpu_idle is None or cpu_end is None else cpu_idle - cpu_end
+    cpu_load = None if cpu_end is None or cpu_start is None else cpu_end - cpu_start
     watcher.stop()
     engine.dispose()
     client.close()
@@ -342,11 +430,20 @@ def run_load(
         "failed": len(failed),
         "deployments_per_s": round(len(done) / elapsed, 2),
         "p50_time_to_complete_s": round(statistics.median(times), 3) if times else None,
-        "p99_time_to_complete_s": round(percentile(times, 99), 3),
-        "get_p99_ms": round(percentile(get_ms, 99), 2),
-        "get_p50_ms": round(percentile(get_ms, 50), 2),
+        "p99_time_to_complete_s": rounded(percentile(times, 99), 3),
+        "get_p99_ms": rounded(percentile(get_ms, 99)),
+        "get_p50_ms": rounded(percentile(get_ms, 50)),
+        "get_server_p99_ms": rounded(percentile(get_server_ms, 99)),
         "get_samples": len(get_ms),
-        "get_p99_ms_after_load": round(percentile(idle_ms, 99), 2),
+        "get_p99_ms_after_load": rounded(percentile(idle_ms, 99)),
+        # Load-independent: what the orchestrator process(es) spent per deployment (their
+        # share of the GETs above included), and per GET once the load is over.
+        "orchestrator_cpu_ms_per_deployment": rounded(
+            None if cpu_load is None else cpu_load * 1000 / n, 1
+        ),
+        "orchestrator_cpu_ms_per_get": rounded(
+            None if cpu_idle is None else cpu_idle * 1000 / len(idle_ms)
+        ),
     }
 
 

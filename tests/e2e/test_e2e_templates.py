@@ -14,7 +14,7 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "tosca-templates" / "templates
 REQUIRED = {
     "deep-oc-marathon.yaml": {"docker_image": "deephdc/deep-oc-generic-dev"},
     "model-kubernetes.yaml": {"site": "k8s-site"},
-    "hybrid-cluster.yaml": {"site_a": "site-a", "site_b": "site-b"},
+    "hybrid-cluster.yaml": {"site_a": "site-a", "site_b": "site-b", "hub_dns_name": "hub.example"},
 }
 ALL = sorted(p.name for p in TEMPLATES.glob("*.yaml"))
 
@@ -86,6 +86,41 @@ def test_hybrid_cluster_joins_two_sites_through_the_vrouter():
     types = {n.type for n in v.nodes.values()}
     assert {"hdc.nodes.vrouter.Hub", "hdc.nodes.vrouter.SiteRouter"} <= types
     assert v.requirements["instances"] == 5  # hub, two routers, one worker per site
+    # one infrastructure per site: each policy's VMs and what they host
+    assert v.requirements["site_groups"] == [
+        {
+            "site": "site-a",
+            "nodes": [
+                "hub_server",
+                "overlay_hub",
+                "site_a_router_server",
+                "site_a_router",
+                "site_a_workers",
+            ],
+        },
+        {"site": "site-b", "nodes": ["site_b_router_server", "site_b_router", "site_b_workers"]},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "kinds"),
+    [
+        ("deep-oc-marathon.yaml", {"marathon", "kubernetes", "local"}),
+        ("deep-oc-model.yaml", {"marathon", "kubernetes", "local"}),
+        ("model-kubernetes.yaml", {"marathon", "kubernetes", "local"}),
+        ("model-training-job.yaml", {"kubernetes"}),
+        ("vm-gpu-iaas.yaml", {"openstack", "ec2", "dummy"}),
+        ("hybrid-cluster.yaml", {"openstack", "ec2", "dummy"}),
+    ],
+)
+def test_templates_ask_for_sites_that_can_run_them(name, kinds):
+    """Virtual machines go to IaaS clouds, long-running containers to container platforms,
+    batch jobs to a platform with jobs (the service types site agents publish)."""
+    from hdc_orchestrator.placement import SITE_TYPES
+
+    v = validate_template((TEMPLATES / name).read_text(), REQUIRED.get(name, {}))
+    assert {SITE_TYPES[t] for t in v.requirements["service_types"]} == kinds
+    assert name in ALL
 
 
 def test_placement_policy_inputs_are_resolved():

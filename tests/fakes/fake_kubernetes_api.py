@@ -1,16 +1,23 @@
-"""FAKE Kubernetes API server (apps/v1 Deployments, v1 Services, batch/v1 Jobs), real HTTP.
+"""FAKE Kubernetes API server (apps/v1 Deployments, v1 Services, v1 Secrets, batch/v1 Jobs),
+real HTTP.
 
 Speaks the subset of https://kubernetes.io/docs/reference/kubernetes-api/ that the official
 `kubernetes` Python client uses for those kinds: create (201; 409 AlreadyExists), read (404
 NotFound `Status`), list with `labelSelector` (`k`, `k=v`, `k==v`, `k!=v`, comma = AND),
-merge-patch, delete (200 `Status`), every error as a `Status` object. Not a cluster: pods
-are not modelled; a Deployment's replicas become ready on the next read unless the
-namespace's GPU quota (`requests.nvidia.com/gpu`) would be exceeded, in which case the
-Deployment reports the ReplicaFailure condition with the API server's quota message.
+merge-patch, delete (200 `Status`), every error as a `Status` object. Secrets are validated
+as the API server does (keys match `[-._a-zA-Z0-9]+`, else 422 Invalid; `data` values are
+base64, else 400; `stringData` is folded into `data`; `type` defaults to Opaque). Not a
+cluster: pods are not modelled; a Deployment's replicas become ready on the next read unless
+the namespace's GPU quota (`requests.nvidia.com/gpu`) would be exceeded, in which case the
+Deployment reports the ReplicaFailure condition with the API server's quota message, or a
+container's `valueFrom.secretKeyRef` names a Secret or key that does not exist, in which
+case its pod cannot start (CreateContainerConfigError) and no replica becomes ready.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import datetime as dt
 import json
@@ -24,9 +31,16 @@ from urllib.parse import parse_qs, urlparse
 KINDS = {
     ("apps/v1", "deployments"): "Deployment",
     ("v1", "services"): "Service",
+    ("v1", "secrets"): "Secret",
     ("batch/v1", "jobs"): "Job",
 }
-GROUP_NAMES = {"deployments": "deployments.apps", "services": "services", "jobs": "jobs.batch"}
+GROUP_NAMES = {
+    "deployments": "deployments.apps",
+    "services": "services",
+    "secrets": "secrets",
+    "jobs": "jobs.batch",
+}
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
 def _now() -> str:
@@ -110,8 +124,31 @@ class FakeKubernetes:
                     break
         return total * int(obj.get("spec", {}).get("replicas", 1))
 
+    def _secrets_resolve(self, ns: str, obj: dict[str, Any]) -> bool:
+        """Every secretKeyRef of the pod template names an existing Secret and key."""
+        spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for c in spec.get("containers", []):
+            for env in c.get("env") or []:
+                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                if not ref or ref.get("optional"):
+                    continue
+                secret = self.objects.get(("secrets", ns, ref.get("name")))
+                if secret is None or ref.get("key") not in (secret.get("data") or {}):
+                    return False
+        return True
+
     def _refresh(self, plural: str, ns: str, obj: dict[str, Any]) -> None:
-        if plural == "deployments":
+        if plural == "deployments" and not self._secrets_resolve(ns, obj):
+            want = int(obj["spec"].get("replicas", 1))
+            obj["status"] = {
+                "replicas": want,
+                "readyReplicas": 0,
+                "availableReplicas": 0,
+                "unavailableReplicas": want,
+                "updatedReplicas": want,
+                "observedGeneration": 1,
+            }
+        elif plural == "deployments":
             want = int(obj["spec"].get("replicas", 1))
             used = sum(
                 self._gpus(o)
@@ -157,6 +194,36 @@ class FakeKubernetes:
         elif plural == "jobs":
             obj["status"] = {"active": 1, "startTime": _now()}
 
+    def _check_secret(self, name: str, body: dict[str, Any]) -> tuple[int, dict] | None:
+        """The API server's validation of a Secret; folds stringData into data."""
+        data = dict(body.get("data") or {})
+        for key, value in data.items():
+            try:
+                base64.b64decode(str(value), validate=True)
+            except (binascii.Error, ValueError):
+                return 400, _status(
+                    400,
+                    "BadRequest",
+                    'Secret in version "v1" cannot be handled as a Secret: illegal base64 data '
+                    f"at input byte 0 (key {key})",
+                )
+        for key, value in (body.pop("stringData", None) or {}).items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        for key in data:
+            if not _CONFIG_KEY.match(key):
+                return 422, _status(
+                    422,
+                    "Invalid",
+                    f'Secret "{name}" is invalid: data[{key}]: Invalid value: "{key}": a valid '
+                    "config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. "
+                    "'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is "
+                    "'[-._a-zA-Z0-9]+')",
+                    {"name": name, "kind": "Secret"},
+                )
+        body["data"] = data
+        body.setdefault("type", "Opaque")
+        return None
+
     def create(self, plural: str, ns: str, body: dict[str, Any]) -> tuple[int, dict]:
         name = (body.get("metadata") or {}).get("name")
         if not name:
@@ -166,6 +233,11 @@ class FakeKubernetes:
                 f"{KINDS_BY_PLURAL[plural]}.metadata.name: "
                 "Required value: name or generateName is required",
             )
+        if plural == "secrets":
+            body = copy.deepcopy(body)
+            problem = self._check_secret(name, body)
+            if problem is not None:
+                return problem
         with self.lock:
             key = (plural, ns, name)
             if key in self.objects:

@@ -7,8 +7,10 @@ pagination links), nothing more:
   project scope) -> 201 with `X-Subject-Token` and a service catalog;
 - Nova v2.1: `GET /flavors/detail` (microversion >= 2.61 returns `extra_specs` inline;
   `limit`/`marker` pagination with `flavors_links`), `GET /flavors/{id}/os-extra_specs`,
-  `GET /os-quota-sets/{project_id}/detail`, `GET /limits`;
-- Glance v2: `GET /v2/images` (`status` filter, `limit`/`marker`, `next` link);
+  `GET /os-quota-sets/{project_id}[/detail]`, `GET /limits`, `GET /servers/detail`, and the
+  version document at `GET /compute/v2.1` (what novaclient's `versions.get_current` reads);
+- Glance v2: `GET /v2/images` (`status` filter, `limit`/`marker`, `next` link) and
+  `GET /v2/schemas/image` (glanceclient builds its image model from it);
 - Neutron v2.0: `GET /v2.0/networks`.
 
 Every call but token issue needs a valid `X-Auth-Token` (401 otherwise). Tests change the
@@ -43,6 +45,8 @@ class FakeOpenStack:
         self.flavors: dict[str, dict[str, Any]] = {}
         self.images: dict[str, dict[str, Any]] = {}
         self.networks: dict[str, dict[str, Any]] = {}
+        # Nova server documents (id, name, status, tenant_id); a project lists its own.
+        self.servers: list[dict[str, Any]] = []
         # API name ("keystone", "nova", "glance", "neutron", "quotas") -> HTTP status to answer.
         self.fail: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
@@ -283,11 +287,14 @@ class FakeOpenStack:
                     self._send(status, {"message": "fake failure"})
                     return
                 route = {
+                    "/compute/v2.1": self._compute_version,
                     "/compute/v2.1/flavors/detail": self._flavors,
                     "/compute/v2.1/limits": self._limits,
+                    "/compute/v2.1/servers/detail": self._servers,
                     "/image/v2/images": self._images,
+                    "/image/v2/schemas/image": self._image_schema,
                     "/network/v2.0/networks": self._networks,
-                }.get(path)
+                }.get(path.rstrip("/"))
                 if route is not None:
                     route(qs, project)
                 elif path.startswith("/compute/v2.1/flavors/") and path.endswith("/os-extra_specs"):
@@ -305,14 +312,14 @@ class FakeOpenStack:
                         )
                     else:
                         self._send(200, {"extra_specs": flavor["extra_specs"]})
-                elif path.startswith("/compute/v2.1/os-quota-sets/") and path.endswith("/detail"):
+                elif path.startswith("/compute/v2.1/os-quota-sets/"):
                     pid = path.split("/")[4]
                     if pid != project:
                         self._send(
                             403, {"forbidden": {"code": 403, "message": "Policy doesn't allow"}}
                         )
                     else:
-                        self._quota(cloud.projects[pid])
+                        self._quota(cloud.projects[pid], detail=path.endswith("/detail"))
                 else:
                     self._send(404, {"itemNotFound": {"code": 404, "message": "Not found"}})
 
@@ -357,8 +364,70 @@ class FakeOpenStack:
                     ]
                 self._send(200, body)
 
-            def _quota(self, project: Project) -> None:
-                self._send(200, {"quota_set": {"id": project.id, **project.quota}})
+            def _quota(self, project: Project, detail: bool = True) -> None:
+                # Without /detail Nova answers the limits alone, not {limit, in_use, reserved}.
+                quota = (
+                    project.quota
+                    if detail
+                    else {k: v.get("limit", -1) for k, v in project.quota.items()}
+                )
+                self._send(200, {"quota_set": {"id": project.id, **quota}})
+
+            def _compute_version(self, _qs: dict[str, list[str]], _project: str) -> None:
+                self._send(
+                    200,
+                    {
+                        "version": {
+                            "id": "v2.1",
+                            "status": "CURRENT",
+                            "version": "2.96",
+                            "min_version": "2.1",
+                            "updated": "2013-07-23T11:33:21Z",
+                            "links": [{"rel": "self", "href": f"{cloud.url}/compute/v2.1/"}],
+                            "media-types": [
+                                {
+                                    "base": "application/json",
+                                    "type": "application/vnd.openstack.compute+json;version=2.1",
+                                }
+                            ],
+                        }
+                    },
+                )
+
+            def _servers(self, _qs: dict[str, list[str]], project: str) -> None:
+                mine = [v for v in cloud.servers if v.get("tenant_id") == project]
+                self._send(200, {"servers": mine})
+
+            def _image_schema(self, _qs: dict[str, list[str]], _project: str) -> None:
+                # Glance's image schema, reduced to the core properties; like Glance it lets
+                # any other (custom) property through as a string.
+                core = {
+                    name: {"type": kind}
+                    for name, kind in (
+                        ("id", "string"), ("name", ["null", "string"]), ("status", "string"),
+                        ("visibility", "string"), ("protected", "boolean"),
+                        ("os_hidden", "boolean"), ("checksum", ["null", "string"]),
+                        ("owner", ["null", "string"]), ("size", ["null", "integer"]),
+                        ("min_ram", "integer"), ("min_disk", "integer"),
+                        ("disk_format", ["null", "string"]),
+                        ("container_format", ["null", "string"]), ("created_at", "string"),
+                        ("updated_at", "string"), ("tags", "array"), ("file", "string"),
+                        ("self", "string"), ("schema", "string"),
+                    )
+                }  # fmt: skip
+                self._send(
+                    200,
+                    {
+                        "name": "image",
+                        "properties": core,
+                        "additionalProperties": {"type": "string"},
+                        "links": [
+                            {"rel": "self", "href": "{self}"},
+                            {"rel": "enclosure", "href": "{file}"},
+                            {"rel": "describedby", "href": "{schema}"},
+                        ],
+                    },
+                )
 
             def _limits(self, _qs: dict[str, list[str]], project_id: str) -> None:
                 q = cloud.projects[project_id].quota

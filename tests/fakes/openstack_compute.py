@@ -1,25 +1,41 @@
-"""FAKE OpenStack (Keystone v3 + Nova compute v2.1), a real HTTP server on loopback.
+"""FAKE OpenStack (Keystone v3 + Nova compute v2.1 + Neutron v2.0), a real HTTP server on loopback.
 
 Speaks the subset of the published APIs that libcloud's OpenStack driver uses:
-Keystone `POST /v3/auth/tokens` (password method, service catalog) and Nova
-`/servers` (create, list detail, show, delete, start/stop/reboot actions), `/flavors/detail`,
-`/images/detail`, with Nova's JSON error bodies (`{"badRequest": {...}}`, `{"forbidden":
-{...}}` for quota, `{"itemNotFound": {...}}`) and its per-project instance/core quota.
-Checked against https://docs.openstack.org/api-ref/identity/v3/ and
-https://docs.openstack.org/api-ref/compute/. Not a cloud: servers are records, they boot
-instantly (BUILD, then ACTIVE on the next read).
+Keystone `POST /v3/auth/tokens` (password method, service catalog with `compute` and
+`network` endpoints) and Nova `/servers` (create, list detail, show, delete,
+start/stop/reboot actions), `/flavors/detail`, `/images/detail`, with Nova's JSON error
+bodies (`{"badRequest": {...}}`, `{"forbidden": {...}}` for quota, `{"itemNotFound": {...}}`,
+`{"conflictingRequest": {...}}`) and its per-project instance/core quota. Networking is the
+Neutron fake in `openstack_network.py`, served under `/networking`. Checked against
+https://docs.openstack.org/api-ref/identity/v3/, https://docs.openstack.org/api-ref/compute/
+and https://docs.openstack.org/api-ref/network/v2/. Not a cloud: servers are records; a
+server is BUILD until read once more, then ACTIVE with a port (and its fixed address) on
+each network it asked for, as Nova reports once networking is allocated. Booting without a
+`networks` list picks the project's only network, or answers 409 when there are several.
+A server's delete removes the ports Nova made for it; floating IPs on them stay allocated
+(unassociated), as in Neutron.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import importlib.util
 import json
 import re
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
+
+_spec = importlib.util.spec_from_file_location(
+    "fake_openstack_network", Path(__file__).with_name("openstack_network.py")
+)
+_network = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_network)
+FakeNeutron = _network.FakeNeutron
 
 FLAVORS = {
     "1": {"id": "1", "name": "m1.tiny", "ram": 512, "vcpus": 1, "disk": 1},
@@ -41,6 +57,7 @@ class FakeOpenStack:
         project: str = "demo",
         max_instances: int = 10,
         max_cores: int = 20,
+        max_floating_ips: int = 10,
         images: tuple[str, ...] = ("cirros",),
     ) -> None:
         self.username, self.password, self.project = username, password, project
@@ -52,7 +69,7 @@ class FakeOpenStack:
         self.tokens: set[str] = set()
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
-        self._ip = 10
+        self.neutron = FakeNeutron(self.project_id, max_floating_ips=max_floating_ips)
         handler = type("H", (_Handler,), {"fake": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -104,23 +121,27 @@ class FakeOpenStack:
         expires = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime(
             "%Y-%m-%dT%H:%M:%S.000000Z"
         )
-        compute = f"{self.url}/v2.1/{self.project_id}"
+        services = (
+            ("compute", "nova", f"{self.url}/v2.1/{self.project_id}"),
+            ("network", "neutron", f"{self.url}/networking"),
+        )
         catalog = [
             {
-                "type": "compute",
-                "name": "nova",
-                "id": "c0",
+                "type": type_,
+                "name": name,
+                "id": f"c{n}",
                 "endpoints": [
                     {
-                        "id": f"e{i}",
+                        "id": f"e{n}{i}",
                         "interface": iface,
                         "region": "RegionOne",
                         "region_id": "RegionOne",
-                        "url": compute,
+                        "url": url,
                     }
                     for i, iface in enumerate(("public", "internal", "admin"))
                 ],
             }
+            for n, (type_, name, url) in enumerate(services)
         ]
         return (
             201,
@@ -148,19 +169,156 @@ class FakeOpenStack:
 
     # -- Nova ----------------------------------------------------------------------------
 
+    def _addresses(self, sid: str) -> dict[str, list[dict[str, Any]]]:
+        """Nova's `addresses`: per network name, the fixed and floating addresses."""
+        net = self.neutron
+        out: dict[str, list[dict[str, Any]]] = {}
+        with net.lock:
+            for port in net.ports.values():
+                if port["device_id"] != sid:
+                    continue
+                name = net.networks[port["network_id"]]["name"]
+                mac = port["mac_address"]
+                for ip in port["fixed_ips"]:
+                    out.setdefault(name, []).append(
+                        {
+                            "version": 4,
+                            "addr": ip["ip_address"],
+                            "OS-EXT-IPS:type": "fixed",
+                            "OS-EXT-IPS-MAC:mac_addr": mac,
+                        }
+                    )
+                for fip in net.floating_for_port(port["id"]):
+                    out.setdefault(name, []).append(
+                        {
+                            "version": 4,
+                            "addr": fip,
+                            "OS-EXT-IPS:type": "floating",
+                            "OS-EXT-IPS-MAC:mac_addr": mac,
+                        }
+                    )
+        return out
+
     def _server_view(self, s: dict[str, Any]) -> dict[str, Any]:
         link = f"{self.url}/v2.1/{self.project_id}/servers/{s['id']}"
         return {
             **{k: v for k, v in s.items() if not k.startswith("_")},
+            "addresses": self._addresses(s["id"]),
             "links": [{"rel": "self", "href": link}],
         }
 
     def _advance(self, s: dict[str, Any]) -> None:
         if s["status"] == "BUILD" and s["_reads"] >= 1:
+            # networking is allocated as the server is scheduled: its ports appear now
+            with self.neutron.lock:
+                for net_id in s["_networks"]:
+                    port = self.neutron.new_port(
+                        net_id, s["id"], "compute:nova", security_groups=s["_sg_ids"]
+                    )
+                    if port is None:
+                        s["status"], s["OS-EXT-STS:vm_state"] = "ERROR", "error"
+                        s["fault"] = {
+                            "code": 500,
+                            "message": "Build of instance aborted: Failed to allocate the "
+                            "network(s), not rescheduling.",
+                            "created": _now(),
+                        }
+                        s["_reads"] += 1
+                        return
             s["status"] = "ACTIVE"
             s["OS-EXT-STS:vm_state"] = "active"
             s["OS-EXT-STS:power_state"] = 1
         s["_reads"] += 1
+
+    def _boot_networks(self, srv: dict[str, Any]) -> tuple[list[str], tuple[int, dict] | None]:
+        """The networks a server boots on, or Nova's refusal."""
+        net = self.neutron
+        requested = srv.get("networks")
+        with net.lock:
+            if requested in (None, "auto"):
+                usable = [
+                    n
+                    for n in net.networks.values()
+                    if not n["router:external"]
+                    and (n["project_id"] == self.project_id or n["shared"])
+                ]
+                if len(usable) > 1:
+                    return [], (
+                        409,
+                        {
+                            "conflictingRequest": {
+                                "code": 409,
+                                "message": "Multiple possible networks found, use a Network "
+                                "ID to be more specific.",
+                            }
+                        },
+                    )
+                requested = [{"uuid": n["id"]} for n in usable]
+            if requested == "none":
+                return [], None
+            ids = []
+            for item in requested or []:
+                nid = str((item or {}).get("uuid"))
+                n = net.networks.get(nid)
+                if n is None or not net._visible(n):
+                    return [], (
+                        400,
+                        {
+                            "badRequest": {
+                                "code": 400,
+                                "message": f"Network {nid} could not be found.",
+                            }
+                        },
+                    )
+                if not n["subnets"]:
+                    return [], (
+                        400,
+                        {
+                            "badRequest": {
+                                "code": 400,
+                                "message": f"Network {nid} requires a subnet in order to boot "
+                                "instances on.",
+                            }
+                        },
+                    )
+                ids.append(nid)
+            return ids, None
+
+    def _boot_security_groups(self, srv: dict[str, Any]) -> tuple[list[str], tuple | None]:
+        net = self.neutron
+        ids = []
+        with net.lock:
+            for item in srv.get("security_groups") or [{"name": "default"}]:
+                name = str((item or {}).get("name"))
+                found = [
+                    g
+                    for g in net.security_groups.values()
+                    if g["project_id"] == self.project_id and name in (g["name"], g["id"])
+                ]
+                if not found:
+                    return [], (
+                        400,
+                        {
+                            "badRequest": {
+                                "code": 400,
+                                "message": f"Security group {name} not found for project "
+                                f"{self.project_id}.",
+                            }
+                        },
+                    )
+                if len(found) > 1:
+                    return [], (
+                        409,
+                        {
+                            "conflictingRequest": {
+                                "code": 409,
+                                "message": f"Multiple security groups found matching '{name}'. "
+                                "Use an ID to be more specific.",
+                            }
+                        },
+                    )
+                ids.append(found[0]["id"])
+        return ids, None
 
     def create_server(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         srv = (body or {}).get("server")
@@ -177,6 +335,12 @@ class FakeOpenStack:
         flavor = FLAVORS.get(str(srv.get("flavorRef")))
         if flavor is None:
             return 400, {"badRequest": {"code": 400, "message": "Invalid flavorRef provided."}}
+        networks, refusal = self._boot_networks(srv)
+        if refusal is not None:
+            return refusal
+        sg_ids, refusal = self._boot_security_groups(srv)
+        if refusal is not None:
+            return refusal
         with self.lock:
             live = [s for s in self.servers.values()]
             used_cores = sum(FLAVORS[s["flavor"]["id"]]["vcpus"] for s in live)
@@ -201,7 +365,6 @@ class FakeOpenStack:
                     }
                 }
             sid = str(uuid.uuid4())
-            self._ip += 1
             now = _now()
             self.servers[sid] = {
                 "id": sid,
@@ -215,11 +378,6 @@ class FakeOpenStack:
                 "flavor": {"id": flavor["id"], "links": []},
                 "created": now,
                 "updated": now,
-                "addresses": {
-                    "private": [
-                        {"addr": f"10.0.0.{self._ip}", "version": 4, "OS-EXT-IPS:type": "fixed"}
-                    ]
-                },
                 "accessIPv4": "",
                 "accessIPv6": "",
                 "key_name": srv.get("key_name"),
@@ -238,6 +396,8 @@ class FakeOpenStack:
                     if m.get("destination_type") == "volume"
                 ],
                 "_volumes": [dict(m) for m in srv.get("block_device_mapping_v2") or []],
+                "_networks": networks,
+                "_sg_ids": sg_ids,
                 "_reads": 0,
             }
             if srv.get("user_data"):
@@ -274,6 +434,9 @@ class FakeOpenStack:
                 return 404, {
                     "itemNotFound": {"code": 404, "message": f"Instance {sid} could not be found."}
                 }
+        with self.neutron.lock:
+            for pid in [p["id"] for p in self.neutron.ports.values() if p["device_id"] == sid]:
+                self.neutron.drop_port(pid)
         return 204, None
 
     def action(self, sid: str, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
@@ -343,7 +506,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         f = self.fake
-        path = self.path.split("?")[0].rstrip("/")
+        path, _, query = self.path.partition("?")
+        path = path.rstrip("/")
         f.requests.append((method, path))
         body = self._body() if method in ("POST", "PUT") else {}
         if body is None:
@@ -352,6 +516,24 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v3/auth/tokens" and method == "POST":
             status, out, headers = f.auth(body)
             self._send(status, out, headers)
+            return
+        if path.startswith("/networking/"):
+            if self.headers.get("X-Auth-Token") not in f.tokens:
+                self._send(
+                    401,
+                    {
+                        "NeutronError": {
+                            "type": "HTTPUnauthorized",
+                            "message": "The request you have made requires authentication.",
+                            "detail": "",
+                        }
+                    },
+                )
+                return
+            status, out = f.neutron.handle(
+                method, path[len("/networking") :], parse_qs(query), body
+            )
+            self._send(status, out)
             return
         m = re.fullmatch(r"/v2\.1/(\w+)(/.*)", path)
         if not m or m.group(1) != f.project_id:
@@ -380,7 +562,24 @@ class _Handler(BaseHTTPRequestHandler):
         elif (am := re.fullmatch(r"/servers/([\w-]+)/action", rest)) and method == "POST":
             self._send(*f.action(am.group(1), body))
         elif rest == "/flavors/detail" and method == "GET":
-            self._send(200, {"flavors": [{**fl, "links": []} for fl in FLAVORS.values()]})
+            # Nova's flavor detail view (microversion < 2.75: no swap is "")
+            self._send(
+                200,
+                {
+                    "flavors": [
+                        {
+                            **fl,
+                            "swap": "",
+                            "OS-FLV-EXT-DATA:ephemeral": 0,
+                            "OS-FLV-DISABLED:disabled": False,
+                            "os-flavor-access:is_public": True,
+                            "rxtx_factor": 1.0,
+                            "links": [],
+                        }
+                        for fl in FLAVORS.values()
+                    ]
+                },
+            )
         elif rest == "/images/detail" and method == "GET":
             self._send(
                 200,

@@ -92,8 +92,11 @@ class _NamespaceProxy(BaseHTTPRequestHandler):
     """Forwards to moto, restoring the EC2 XML namespace AWS itself answers with.
 
     moto 5 serialises EC2 answers with xmlns "http://ec2.amazonaws.com/doc/2016-11-15" while
-    AWS sends ".../2016-11-15/" (trailing slash), which libcloud's EC2 driver matches exactly.
-    Only that one byte differs; everything else passes through untouched.
+    AWS sends ".../2016-11-15/" (trailing slash), which libcloud's EC2 driver matches exactly;
+    and moto puts that namespace on error answers too, where AWS sends a bare
+    `<Response><Errors><Error><Code>…` (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html),
+    which is what libcloud reads the error code and message from. Only the namespace
+    attribute differs; everything else passes through untouched.
     """
 
     upstream = ""
@@ -108,7 +111,7 @@ class _NamespaceProxy(BaseHTTPRequestHandler):
         )
         data = resp.content.replace(
             b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15"',
-            b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"',
+            b"" if resp.status_code >= 400 else b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"',
         )
         self.send_response(resp.status_code)
         for k, v in resp.headers.items():

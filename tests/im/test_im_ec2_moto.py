@@ -81,6 +81,33 @@ def test_im_client_lifecycle_on_ec2_moto(im_server, moto_url: str) -> None:
     )["SecurityGroups"]
     assert groups and groups[0]["IpPermissions"][0]["FromPort"] == 22
 
+    # the infrastructure's own network: a VPC with a subnet, routed out through a gateway
+    tagged = [{"Name": "tag:hdc-infrastructure-id", "Values": [inf_id]}]
+    (vpc,) = ec2.describe_vpcs(Filters=tagged)["Vpcs"]
+    (subnet,) = ec2.describe_subnets(Filters=tagged)["Subnets"]
+    (igw,) = ec2.describe_internet_gateways(Filters=tagged)["InternetGateways"]
+    assert subnet["VpcId"] == vpc["VpcId"] and groups[0]["VpcId"] == vpc["VpcId"]
+    assert igw["Attachments"][0]["VpcId"] == vpc["VpcId"]
+    (main,) = ec2.describe_route_tables(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc["VpcId"]]},
+            {"Name": "association.main", "Values": ["true"]},
+        ]
+    )["RouteTables"]
+    assert {"0.0.0.0/0": igw["InternetGatewayId"]}.items() <= {
+        r["DestinationCidrBlock"]: r.get("GatewayId") for r in main["Routes"]
+    }.items()
+    assert {i["SubnetId"] for i in made.values()} == {subnet["SubnetId"]}
+    # every public VM has an elastic IP, tagged with its VM's token, and it is the output
+    addresses = ec2.describe_addresses(Filters=tagged)["Addresses"]
+    assert {a["InstanceId"] for a in addresses} == set(made)
+    for a in addresses:
+        tags = {t["Key"]: t["Value"] for t in a["Tags"]}
+        inst_tags = {t["Key"]: t["Value"] for t in made[a["InstanceId"]]["Tags"]}
+        assert tags["hdc-vm-token"] == inst_tags["hdc-vm-token"]
+    ok, outputs = client.get_infra_property(inf_id, "outputs")
+    assert ok and sorted(outputs["ips"]) == sorted(a["PublicIp"] for a in addresses)
+
     ok, state = client.get_infra_property(inf_id, "state")
     assert ok and state["state"] == "configured"
     ok, vms = client.getinfo(inf_id)
@@ -91,6 +118,7 @@ def test_im_client_lifecycle_on_ec2_moto(im_server, moto_url: str) -> None:
     ok, new = client.addresource(inf_id, tosca.replace("count: 2", "count: 3"), "yaml")
     assert ok and new == ["2"]
     assert len(fx.live_instances(moto_url, inf_id)) == 3
+    assert len(ec2.describe_addresses(Filters=tagged)["Addresses"]) == 3
 
     ok, radl = client.alter(inf_id, "1", "system node ( instance_type = 'm5.large' )")
     assert ok, radl
@@ -123,6 +151,63 @@ def test_im_client_lifecycle_on_ec2_moto(im_server, moto_url: str) -> None:
         Filters=[{"Name": "group-name", "Values": [f"hdc-{inf_id}"]}]
     )["SecurityGroups"]
     assert groups == []
+    # nothing of the infrastructure is left: addresses, network, gateway
+    assert ec2.describe_addresses(Filters=tagged)["Addresses"] == []
+    assert all(a["PublicIp"] not in outputs["ips"] for a in ec2.describe_addresses()["Addresses"])
+    assert ec2.describe_subnets(Filters=tagged)["Subnets"] == []
+    assert ec2.describe_internet_gateways(Filters=tagged)["InternetGateways"] == []
+    assert ec2.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Vpcs"] == []
+    assert (
+        ec2.describe_security_groups(
+            Filters=[{"Name": "tag:hdc-infrastructure-id", "Values": [inf_id]}]
+        )["SecurityGroups"]
+        == []
+    )
+
+
+PRIVATE = """
+tosca_definitions_version: tosca_simple_yaml_1_0
+topology_template:
+  node_templates:
+    node:
+      type: tosca.nodes.indigo.Compute
+      capabilities:
+        os: {properties: {image: "aws://us-east-1/IMAGE"}}
+        endpoint: {properties: {network_name: PRIVATE, ports: {web: {protocol: tcp, source: 8080}}}}
+  outputs:
+    private: {value: {get_attribute: [node, private_address, 0]}}
+"""
+
+
+def test_existing_subnet_named_by_the_site(im_server, moto_url: str) -> None:
+    ec2 = fx.ec2_client(moto_url)
+    vpc = ec2.create_vpc(CidrBlock="172.31.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="172.31.5.0/24")["Subnet"]["SubnetId"]
+    try:
+        creds = auth(moto_url)
+        creds[1]["network"] = subnet
+        client = IMClient.init_client(im_server.url, creds)
+        ok, inf_id = client.create(PRIVATE.replace("IMAGE", fx.moto_image(moto_url)), "yaml")
+        assert ok, inf_id
+        (inst,) = fx.live_instances(moto_url, inf_id).values()
+        assert inst["SubnetId"] == subnet and not inst.get("PublicIpAddress")
+        tagged = [{"Name": "tag:hdc-infrastructure-id", "Values": [inf_id]}]
+        assert ec2.describe_vpcs(Filters=tagged)["Vpcs"] == []  # none made
+        (group,) = ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]
+        assert group["VpcId"] == vpc and group["IpPermissions"][0]["FromPort"] == 8080
+        ok, outputs = client.get_infra_property(inf_id, "outputs")
+        assert outputs["private"].startswith("172.31.5.")
+        assert ec2.describe_addresses(Filters=tagged)["Addresses"] == []  # private: no EIP
+
+        ok, msg = client.destroy(inf_id)
+        assert ok, msg
+        assert fx.live_instances(moto_url, inf_id) == {}
+        assert ec2.describe_security_groups(Filters=tagged)["SecurityGroups"] == []
+        # the site's subnet is not ours to delete
+        assert ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["VpcId"] == vpc
+    finally:
+        ec2.delete_subnet(SubnetId=subnet)
+        ec2.delete_vpc(VpcId=vpc)
 
 
 def test_unknown_image_is_a_4xx_naming_it(im_server, moto_url: str) -> None:

@@ -181,3 +181,84 @@ def test_reconciler_stops_orphan_local_processes(tmp_path: Path, sqlite_url: str
         assert not _ok(endpoint)
     finally:
         server.stop()
+
+
+# serves like http.server but shrugs off SIGTERM: only the SIGKILL that follows ends it
+STUBBORN = (
+    "import signal, sys, http.server; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "http.server.ThreadingHTTPServer((sys.argv[2], int(sys.argv[1])), "
+    "http.server.SimpleHTTPRequestHandler).serve_forever()"
+)
+
+
+def _gone(pid: int) -> bool:
+    """No process at all: not running, and not a zombie waiting for its parent either."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def _pid_of_local_process(tmp_path: Path) -> int:
+    (state,) = (tmp_path / "im-data" / "local").glob("*.json")
+    return __import__("json").loads(state.read_text())["pid"]
+
+
+def test_deleted_processes_are_reaped_not_left_zombies(
+    tmp_path: Path, sqlite_url: str, monkeypatch
+) -> None:
+    from hdc_im.drivers import local
+
+    monkeypatch.setattr(local, "_TERM_GRACE_S", 0.5)  # the SIGKILL comes sooner
+    server = _server(tmp_path, sqlite_url, [sys.executable, "-c", STUBBORN, "{port}", "{host}"])
+    try:
+        r = httpx.post(
+            f"{server.url}/infrastructures",
+            content=TOSCA,
+            headers={**AUTH, "Content-Type": "text/yaml"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        inf = r.headers["InfID"]
+        first = _pid_of_local_process(tmp_path)
+        # stop and start: the stopped process is reaped too
+        assert (
+            httpx.put(
+                f"{server.url}/infrastructures/{inf}/stop", headers=AUTH, timeout=30
+            ).status_code
+            == 200
+        )
+        assert _gone(first)
+        assert (
+            httpx.put(
+                f"{server.url}/infrastructures/{inf}/start", headers=AUTH, timeout=30
+            ).status_code
+            == 200
+        )
+        second = _pid_of_local_process(tmp_path)
+        assert second != first and _pid_alive(second)
+
+        assert (
+            httpx.delete(
+                f"{server.url}/infrastructures/{inf}", headers=AUTH, timeout=30
+            ).status_code
+            == 200
+        )
+        assert _gone(second)
+    finally:
+        server.stop()
+
+
+def test_a_process_that_exits_by_itself_is_reaped(tmp_path: Path, sqlite_url: str) -> None:
+    server = _server(tmp_path, sqlite_url, [sys.executable, "-c", "raise SystemExit('no model')"])
+    try:
+        r = httpx.post(
+            f"{server.url}/infrastructures",
+            content=TOSCA,
+            headers={**AUTH, "Content-Type": "text/yaml"},
+            timeout=60,
+        )
+        assert r.status_code == 400 and "no model" in r.text
+        with server.parts["sessions"]() as s:
+            info = s.execute(sa.text("SELECT info FROM im_vms")).scalar()
+        pid = (__import__("json").loads(info) if isinstance(info, str) else info)["pid"]
+        assert _gone(pid)
+    finally:
+        server.stop()

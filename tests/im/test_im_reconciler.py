@@ -46,6 +46,57 @@ def _orphan(moto_url: str, image: str, infra_id: str, token: str) -> str:
     return res["Instances"][0]["InstanceId"]
 
 
+def _orphan_network(moto_url: str, infra_id: str) -> set[str]:
+    """What a crash in the middle of preparing an EC2 infrastructure can leave."""
+    ec2 = fx.ec2_client(moto_url)
+
+    def spec(kind: str) -> list[dict]:
+        return [
+            {"ResourceType": kind, "Tags": [{"Key": "hdc-infrastructure-id", "Value": infra_id}]}
+        ]
+
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16", TagSpecifications=spec("vpc"))["Vpc"]["VpcId"]
+    igw = ec2.create_internet_gateway(TagSpecifications=spec("internet-gateway"))[
+        "InternetGateway"
+    ]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    subnet = ec2.create_subnet(
+        VpcId=vpc, CidrBlock="10.9.0.0/24", TagSpecifications=spec("subnet")
+    )["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(
+        GroupName=f"hdc-{infra_id}",
+        Description="orphan",
+        VpcId=vpc,
+        TagSpecifications=spec("security-group"),
+    )["GroupId"]
+    return {vpc, igw, subnet, group}
+
+
+def _orphan_address(moto_url: str, infra_id: str, token: str) -> str:
+    tags = [
+        {"Key": "hdc-infrastructure-id", "Value": infra_id},
+        {"Key": "hdc-vm-token", "Value": token},
+    ]
+    return fx.ec2_client(moto_url).allocate_address(
+        Domain="vpc", TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": tags}]
+    )["AllocationId"]
+
+
+def _tagged_ids(moto_url: str, infra_id: str) -> set[str]:
+    ec2 = fx.ec2_client(moto_url)
+    f = [{"Name": "tag:hdc-infrastructure-id", "Values": [infra_id]}]
+    return (
+        {v["VpcId"] for v in ec2.describe_vpcs(Filters=f)["Vpcs"]}
+        | {s["SubnetId"] for s in ec2.describe_subnets(Filters=f)["Subnets"]}
+        | {g["GroupId"] for g in ec2.describe_security_groups(Filters=f)["SecurityGroups"]}
+        | {a["AllocationId"] for a in ec2.describe_addresses(Filters=f)["Addresses"]}
+        | {
+            g["InternetGatewayId"]
+            for g in ec2.describe_internet_gateways(Filters=f)["InternetGateways"]
+        }
+    )
+
+
 def test_reconciler_removes_only_orphans(tmp_path: Path, sqlite_url: str, moto_url: str) -> None:
     site = SiteConfig(
         type="ec2", endpoint=moto_url, credentials={"username": "testing", "password": "testing"}
@@ -68,15 +119,22 @@ def test_reconciler_removes_only_orphans(tmp_path: Path, sqlite_url: str, moto_u
         kept_infra = r.headers["InfID"]
         (kept_vm,) = fx.live_instances(moto_url, kept_infra)
 
-        unknown_infra = _orphan(moto_url, image, str(uuid.uuid4()), uuid.uuid4().hex)
+        gone_infra = str(uuid.uuid4())
+        unknown_infra = _orphan(moto_url, image, gone_infra, uuid.uuid4().hex)
         unknown_token = _orphan(moto_url, image, kept_infra, uuid.uuid4().hex)
+        network = _orphan_network(moto_url, gone_infra)
+        stray_ip = _orphan_address(moto_url, kept_infra, uuid.uuid4().hex)
+        kept_network = _tagged_ids(moto_url, kept_infra)
         reconciler: Reconciler = server.parts["reconciler"]
         removed = reconciler.run_once()
         # (other tests' leftovers in this session's moto would go too: hence <=)
-        assert {unknown_infra, unknown_token} <= set(removed)
+        assert {unknown_infra, unknown_token, stray_ip, *network} <= set(removed)
         assert kept_vm not in removed
         assert set(fx.live_instances(moto_url, kept_infra)) == {kept_vm}
         assert unknown_infra not in fx.live_instances(moto_url)
+        assert _tagged_ids(moto_url, gone_infra) == set()
+        # the live infrastructure keeps its network; only the address of no VM went
+        assert _tagged_ids(moto_url, kept_infra) == kept_network - {stray_ip}
         assert reconciler.run_once() == []  # nothing left to do: idempotent
     finally:
         server.stop()

@@ -1,6 +1,10 @@
 """An in-process infoprovider for tests: the real service (`build(settings)`), its bus
 workers, its gRPC server on a free port and an HTTP test client; plus the OIDC and
-OpenStack fakes an agent talks to."""
+OpenStack fakes an agent talks to.
+
+The service answers only gateway-signed identities, so the harness holds the identity key
+pair and its `stub` and `http` client present a signed caller the way the gateway (REST)
+and the orchestrator (gRPC) do; `bare_stub` and `bare_http` present nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +16,13 @@ import grpc
 from hdc.infoprovider.v1 import infoprovider_pb2 as pb
 from hdc.infoprovider.v1 import infoprovider_pb2_grpc as pb_grpc
 from hdc_common.grpc import create_server
-from hdc_common.identity import Identity, InternalTokenSigner, generate_keypair
+from hdc_common.identity import (
+    GRPC_METADATA_KEY,
+    HEADER,
+    Identity,
+    InternalTokenSigner,
+    generate_keypair,
+)
 from hdc_infoprovider.agent_auth import AgentClient, TrustedIssuer
 from hdc_infoprovider.service import InfoProviderSettings, build
 
@@ -33,9 +43,21 @@ def wait_for(
     raise AssertionError(f"timed out waiting for {what or fn}: last value {last!r}")
 
 
+class _SignedCaller(grpc.UnaryUnaryClientInterceptor):
+    """Adds a freshly signed `x-hdc-identity` to every call, like the orchestrator does."""
+
+    def __init__(self, sign: Callable[[], str]) -> None:
+        self.sign = sign
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), (GRPC_METADATA_KEY, self.sign())]
+        return continuation(details._replace(metadata=metadata), request)
+
+
 class Registry:
     def __init__(self, **overrides: Any) -> None:
         self.private_pem, public_pem = generate_keypair()
+        self.signer = InternalTokenSigner(self.private_pem)
         self.settings = InfoProviderSettings(identity_public_key=public_pem, **overrides)
         self.components = build(self.settings)
         self.grpc_server = create_server(0, self.components.grpc_servicers)
@@ -47,9 +69,16 @@ class Registry:
             bg.start()
         self.grpc_server.start()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_server.port}")
-        self.stub = pb_grpc.InfoProviderStub(self.channel)
-        self.http = self.components.asgi_app.test_client()
+        self.bare_stub = pb_grpc.InfoProviderStub(self.channel)
+        signed = grpc.intercept_channel(self.channel, _SignedCaller(self.caller_token))
+        self.stub = pb_grpc.InfoProviderStub(signed)
+        self.bare_http = self.components.asgi_app.test_client()
+        self.http = _SignedHttp(self.bare_http, self.caller_token)
         return self
+
+    def caller_token(self, subject: str = "user", roles: tuple[str, ...] = ()) -> str:
+        """A gateway-signed identity, as the gateway forwards it for a logged-in user."""
+        return self.signer.sign(Identity(subject=subject, issuer="https://op.test", roles=roles))
 
     def stop(self) -> None:
         if self.channel is not None:
@@ -59,9 +88,7 @@ class Registry:
             bg.stop()
 
     def operator_headers(self, roles: tuple[str, ...] = ("platform-admin",)) -> dict[str, str]:
-        signer = InternalTokenSigner(self.private_pem)
-        token = signer.sign(Identity(subject="operator", issuer="https://op.test", roles=roles))
-        return {"X-HDC-Identity": token}
+        return {HEADER: self.caller_token("operator", roles)}
 
     def find(self, **req: Any) -> pb.Candidates:
         return self.stub.FindCandidates(pb.Requirements(**req), timeout=10)
@@ -78,6 +105,24 @@ class Registry:
         resp = self.http.get("/v1/rejected-reports", headers=self.operator_headers())
         assert resp.status_code == 200, resp.text
         return resp.json()["rejected_reports"]
+
+
+class _SignedHttp:
+    """The test client with a fresh signed identity on every request (explicit headers win)."""
+
+    def __init__(self, client: Any, sign: Callable[[], str]) -> None:
+        self.client = client
+        self.sign = sign
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        kwargs["headers"] = {HEADER: self.sign(), **(kwargs.get("headers") or {})}
+        return self.client.request(method, url, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.request("POST", url, **kwargs)
 
 
 def registry_settings(op: Any, sites: dict[str, str], **extra: Any) -> dict[str, Any]:

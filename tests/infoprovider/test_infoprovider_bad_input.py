@@ -147,7 +147,7 @@ def test_http_and_grpc_refuse_bad_input_with_a_reason(op, sqlite_url):
         assert resp.status_code == 400
         resp = http.post("/v1/candidates/search", json={"gpus": 1})
         assert resp.status_code == 400 and "gpus" in resp.text
-        assert http.get("/v1/rejected-reports").status_code == 401
+        assert reg.bare_http.get("/v1/rejected-reports").status_code == 401
         resp = http.get("/v1/rejected-reports", headers=reg.operator_headers(roles=("user",)))
         assert resp.status_code == 403
         kept = reg.rejected()

@@ -133,9 +133,13 @@ class InfoProviderDouble(ip_grpc.InfoProviderServicer):
         # Answer the next `fail_next` calls with `fail_code` (an outage or a bad request).
         self.fail_next = 0
         self.fail_code = grpc.StatusCode.UNAVAILABLE
+        # Cleared by a test: calls wait until it is set again (a registry that hangs).
+        self.gate = threading.Event()
+        self.gate.set()
 
     def FindCandidates(self, request: Any, context: Any) -> Any:
         self.calls += 1
+        self.gate.wait(60)
         if self.fail_next > 0:
             self.fail_next -= 1
             context.abort(self.fail_code, "registry down for maintenance")
@@ -174,8 +178,10 @@ class InfoProviderDouble(ip_grpc.InfoProviderServicer):
 class RankerDouble(ranker_pb2_grpc.RankerServicer):
     def __init__(self, sites: list[Site]) -> None:
         self.sites = {s.site_id: s for s in sites}
+        self.requests: list[Any] = []  # every RankRequest received, for the tests to read
 
     def Rank(self, request: Any, context: Any) -> Any:
+        self.requests.append(request)
         rows = []
         for i, c in enumerate(request.candidates):
             site = self.sites.get(c.site_id, Site(c.site_id))
@@ -380,6 +386,16 @@ class ImDouble:
             "im.vm.state",
             {"infrastructure_id": d["infrastructure_id"], "vm_id": d["vm_id"], "state": state},
         )
+
+    def report(self, type_: str, data: dict[str, Any]) -> None:
+        """Emit an im event on the test's say (e.g. what the im learnt about a site)."""
+        with self.sessions.begin() as s:
+            self.bus.emit(s, type_, data)
+
+    def forget(self, infrastructure_id: str) -> None:
+        """The infrastructure disappears at the site, behind the orchestrator's back."""
+        with self._lock:
+            self.alive.pop(infrastructure_id, None)
 
     def alive_for(self, deployment_id: str) -> list[str]:
         with self._lock:

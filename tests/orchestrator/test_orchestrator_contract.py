@@ -123,6 +123,9 @@ def test_create_shape_and_complete(stack, signer) -> None:
     assert done["outputs"]["node_ip"] == "192.0.2.10"
     assert "s3cr3t-pa55" not in json.dumps(done)  # secrets never shown
     assert done["task"] == "NONE"
+    # The server's own time, for clients to tell it from the network's (W3C Server-Timing).
+    timing = a.get(f"/deployments/{d['uuid']}").headers["Server-Timing"]
+    assert re.fullmatch(r"app;dur=\d+\.\d\d", timing), timing
 
 
 @pytest.mark.parametrize(

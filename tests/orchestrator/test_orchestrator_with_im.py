@@ -136,8 +136,41 @@ def test_create_and_delete_through_the_real_im(
             60,
             what="the real im to confirm the delete",
         )
+        vanished_then_deleted(orch.url, h, rabbitmq_url)
     finally:
         orch.stop()
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def vanished_then_deleted(url: str, h: dict[str, str], bus_url: str) -> None:
+    """An infrastructure the real im removes on someone else's request (here a command sent
+    straight to the im, as an operator's tool would) leaves its deployment UNKNOWN; a
+    DELETE then removes the deployment without anything left to delete at the site."""
+    from hdc_common.bus import COMMANDS, Bus
+
+    r = httpx.post(f"{url}/deployments", json={"template": TEMPLATE}, headers=h, timeout=30)
+    assert r.status_code == 201, r.text
+    uuid = r.json()["uuid"]
+
+    def status() -> dict:
+        return httpx.get(f"{url}/deployments/{uuid}", headers=h, timeout=10).json()
+
+    d = wait_for(lambda: (j := status())["status"] == "CREATE_COMPLETE" and j, 60)
+    operator = Bus(bus_url, service="operator")
+    try:
+        command = operator.new_event(
+            "im.infrastructure.delete", {"infrastructure_id": d["physicalId"]}
+        )
+        operator.publish(command, COMMANDS, "im")
+    finally:
+        operator.stop()
+    lost = wait_for(
+        lambda: (j := status())["status"] == "UNKNOWN" and j,
+        60,
+        what="the orchestrator to learn that the infrastructure is gone",
+    )
+    assert "no longer exists" in lost["statusReason"]
+    assert httpx.delete(f"{url}/deployments/{uuid}", headers=h, timeout=10).status_code == 204
+    assert httpx.get(f"{url}/deployments/{uuid}", headers=h, timeout=10).status_code == 404

@@ -65,6 +65,22 @@ def stack_with_ranker(
         minute_s=0.5,
         sweep_interval_s=0.2,
         callback_secret="x",
+        # The operator's SLA catalogue: group "gold" has one SLA on site-b, and one on site-a
+        # that ended in 2020.
+        slas=[
+            {
+                "id": "sla-gold",
+                "site_id": "site-b",
+                "targets": {"computing_time": 1000},
+                "user_groups": ["gold"],
+            },
+            {
+                "id": "sla-expired",
+                "site_id": "site-a",
+                "end": "2020-01-01T00:00:00Z",
+                "user_groups": ["gold"],
+            },
+        ],
     )
     s = Stack(settings)
     yield s
@@ -134,6 +150,59 @@ def test_real_ranker_places_and_learns_from_events(
     assert got[(uuid, first)] is True
     assert got[(uuid2, first)] is False
     assert got[(uuid2, second)] is True
+
+
+def sla_template(sla_id: str) -> str:
+    policy = (
+        "  policies:\n"
+        "    - on_my_sla:\n"
+        "        type: tosca.policies.indigo.SlaPlacement\n"
+        f"        properties: {{sla_id: {sla_id}}}\n"
+        "        targets: [server]\n"
+    )
+    return TEMPLATE.replace("  outputs:\n", policy + "  outputs:\n")
+
+
+def test_sla_placement_policy_reaches_the_real_ranker(
+    stack_with_ranker, signer, grpc_doubles
+) -> None:
+    """The template's SlaPlacement sla_id and the SLAs of the owner's group go to the ranker,
+    whose SLA filter then keeps only the services that SLA covers."""
+    grpc_doubles.set_sites([Site("site-a", 0.9), Site("site-b", 0.5)])
+    client = stack_with_ranker.client
+
+    def settle(uuid: str, h: dict[str, str]) -> dict[str, Any]:
+        return wait_for(
+            lambda: (
+                (j := client.get(f"/deployments/{uuid}", headers=h).json())["status"]
+                != "CREATE_IN_PROGRESS"
+                and j
+            ),
+            30,
+        )
+
+    gold = signer.headers(user("gold-member", groups=("gold",)))
+    body = {"template": sla_template("sla-gold"), "userGroup": "gold"}
+    r = client.post("/deployments", json=body, headers=gold)
+    assert r.status_code == 201, r.text
+    done = settle(r.json()["uuid"], gold)
+    assert done["status"] == "CREATE_COMPLETE" and done["cloudProviderName"] == "site-b"
+    shown = client.get(f"/deployments/{done['uuid']}/placement", headers=gold).json()
+    assert shown["requirements"]["sla_ids"] == ["sla-gold"]
+    by_site = {c["siteId"]: c for c in shown["placement"]["candidates"]}
+    assert by_site["site-b"]["rank"] == 1
+    assert [x["code"] for x in by_site["site-a"]["discarded"]] == ["NO_SLA"]
+
+    # Outside the group the SLA is not the caller's: no service is covered, nothing qualifies.
+    plain = signer.headers(user("not-gold"))
+    r = client.post("/deployments", json={"template": sla_template("sla-gold")}, headers=plain)
+    failed = settle(r.json()["uuid"], plain)
+    assert failed["status"] == "CREATE_FAILED" and "SLA" in failed["statusReason"], failed
+    # Nor does an SLA that is no longer in force, or an SLA id the catalogue does not know.
+    for sla_id in ("sla-expired", "sla-nope"):
+        body = {"template": sla_template(sla_id), "userGroup": "gold"}
+        failed = settle(client.post("/deployments", json=body, headers=gold).json()["uuid"], gold)
+        assert failed["status"] == "CREATE_FAILED" and "SLA" in failed["statusReason"], failed
 
 
 def test_ranker_refuses_placement_without_a_signed_identity(ranker, signer, grpc_doubles) -> None:

@@ -120,8 +120,10 @@ def _ready(home: Path, runs: Sequence[Running], agents: list) -> None:
     _write_state(home, runs)
     urls = {r.service.name: r.urls for r in runs}
     # The local site is registered through the info agent once the registry listens.
-    if "infoprovider" in urls and "http" in urls["infoprovider"] and local_site.available():
-        agent = local_site.LocalSiteAgent(home / "data", urls["infoprovider"]["http"])
+    if "infoprovider" in urls and "http" in urls.get("gateway", {}) and local_site.available():
+        agent = local_site.LocalSiteAgent(
+            home / "data", local_site.registry_url(urls["gateway"]["http"])
+        )
         agents.append(agent)
         agent.start()
 

@@ -5,6 +5,9 @@ The agent authenticates like any site agent: an access token of a trusted issuer
 client id maps to the site. Embedded mode has no Keycloak, so the token is signed with the
 embedded OpenID provider's key (the one the gateway's JWKS publishes), and the
 infoprovider is told to trust that issuer for the `local` site's agent client only.
+Like any agent reporting over HTTP it posts through the gateway (`<gateway>/infoprovider`):
+the registry answers only gateway-signed callers, and the gateway forwards the agent's
+bearer token for the registry's own site check.
 """
 
 from __future__ import annotations
@@ -55,14 +58,19 @@ def _ram_mb() -> int:
     return 1024
 
 
-def agent_config(infoprovider_url: str) -> Any:
+def registry_url(gateway: str) -> str:
+    """Where the agent posts: the infoprovider's route on the gateway at `gateway`."""
+    return f"{gateway.rstrip('/')}/infoprovider"
+
+
+def agent_config(registry: str) -> Any:
     from hdc_infoprovider.agent.config import AgentConfig
 
     return AgentConfig.model_validate(
         {
             "site": {"id": SITE_ID, "name": "This machine (embedded hdc)"},
             "validity": VALIDITY_S,
-            "publish": {"transport": "http", "registry_url": infoprovider_url},
+            "publish": {"transport": "http", "registry_url": registry},
             "collectors": [
                 {
                     "type": "static",
@@ -98,6 +106,8 @@ def agent_token(gateway_data_dir: Path, ttl_s: int = 300) -> str:
     claims = {
         "iss": EMBEDDED_ISSUER,
         "sub": f"service-account-{AGENT_CLIENT_ID}",
+        # The gateway's audience for embedded-OP tokens: the report passes through it.
+        "aud": "hdc-gateway",
         "client_id": AGENT_CLIENT_ID,
         "azp": AGENT_CLIENT_ID,
         "iat": now,
@@ -109,12 +119,12 @@ def agent_token(gateway_data_dir: Path, ttl_s: int = 300) -> str:
     )
 
 
-def publish_once(gateway_data_dir: Path, infoprovider_url: str) -> dict[str, Any]:
+def publish_once(gateway_data_dir: Path, registry: str) -> dict[str, Any]:
     from hdc_infoprovider.agent.builder import build_report
     from hdc_infoprovider.agent.collectors import make_collector
     from hdc_infoprovider.agent.publish import make_publisher
 
-    cfg = agent_config(infoprovider_url)
+    cfg = agent_config(registry)
     report = build_report(cfg, [make_collector(c) for c in cfg.collectors])
     publisher = make_publisher(cfg.publish)
     try:
@@ -136,9 +146,9 @@ def available() -> bool:
 class LocalSiteAgent:
     """Publishes the local site at start and every REPUBLISH_S seconds after."""
 
-    def __init__(self, gateway_data_dir: Path, infoprovider_url: str) -> None:
+    def __init__(self, gateway_data_dir: Path, registry: str) -> None:
         self.gateway_data_dir = gateway_data_dir
-        self.infoprovider_url = infoprovider_url
+        self.registry = registry
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="local-site-agent", daemon=True)
 
@@ -152,7 +162,7 @@ class LocalSiteAgent:
         wait = 0.0
         while not self._stop.wait(wait):
             try:
-                publish_once(self.gateway_data_dir, self.infoprovider_url)
+                publish_once(self.gateway_data_dir, self.registry)
                 log.info("local site %r registered with the infoprovider", SITE_ID)
                 wait = REPUBLISH_S
             except Exception as exc:  # the registry may still be starting; try again soon
@@ -161,8 +171,8 @@ class LocalSiteAgent:
 
 
 def main() -> None:
-    """`python -m hdc_cli.local_site GATEWAY_DATA_DIR INFOPROVIDER_URL`: the local site's
-    agent as its own process (distributed mode), until SIGTERM."""
+    """`python -m hdc_cli.local_site GATEWAY_DATA_DIR REGISTRY_URL`: the local site's agent
+    as its own process (distributed mode), until SIGTERM; REGISTRY_URL is `registry_url()`."""
     import signal
     import sys
 

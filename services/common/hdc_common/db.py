@@ -39,8 +39,12 @@ __all__ = [
 ]
 
 
-def create_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for the backend; a malformed URL is a ConfigError, not a traceback."""
+def create_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
+    """An engine tuned for the backend; a malformed URL is a ConfigError, not a traceback.
+
+    `read_only=True` is for an engine that never writes (e.g. a pool for GET handlers): on
+    SQLite its transactions begin DEFERRED, so in WAL mode its reads never wait for a writer.
+    """
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -58,7 +62,8 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         # transaction that reads then writes fails at once ("database is locked") when another
         # writer committed in between. IMMEDIATE serialises writers behind busy_timeout instead:
         # the embedded mode trades concurrency for never failing; PostgreSQL is for scale.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
@@ -108,12 +113,9 @@ def migrate(
     from hdc_common.bus import migrations_path
 
     with engine.begin() as conn:
-        lock = _advisory_lock(conn, str(script_location))
-        try:
-            _upgrade(conn, migrations_path(), "alembic_version_hdc_bus")
-            _upgrade(conn, str(script_location), version_table)
-        finally:
-            lock()
+        _advisory_lock(conn, str(script_location))
+        _upgrade(conn, migrations_path(), "alembic_version_hdc_bus")
+        _upgrade(conn, str(script_location), version_table)
 
 
 def _upgrade(conn: sa.Connection, location: str, version_table: str) -> None:
@@ -124,13 +126,17 @@ def _upgrade(conn: sa.Connection, location: str, version_table: str) -> None:
     command.upgrade(cfg, "head")
 
 
-def _advisory_lock(conn: sa.Connection, name: str) -> Any:
-    """Replicas starting together must not migrate at once (PostgreSQL only)."""
+def _advisory_lock(conn: sa.Connection, name: str) -> None:
+    """Replicas starting together must not migrate at once (PostgreSQL only).
+
+    A transaction-level lock: it is released when the migration's transaction ends, commit
+    included, so a replica that waited for it sees the new schema. (Unlocking before the
+    commit let it run the same migrations again and fail on "already exists".)
+    """
     if conn.dialect.name != "postgresql":
-        return lambda: None
+        return
     key = zlib.crc32(name.encode())
-    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-    return lambda: conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 def run_migrations_env(metadata: sa.MetaData | None) -> None:

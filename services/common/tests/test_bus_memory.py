@@ -316,3 +316,75 @@ def test_service_migrations_create_the_bus_tables_first_with_their_own_version_t
             sa.text("SELECT version_num FROM alembic_version_hdc_bus")
         ).scalar_one() == ("hdc_bus_0001")
     engine.dispose()
+
+
+def test_sqlite_relay_publishes_without_holding_the_database_write_lock(url, sessions):
+    """On SQLite every transaction holds the database's write lock: the relay must publish
+    outside one, or each writer of the service waits for the broker's confirms."""
+    bus = Bus(url, service="orchestrator", sessions=sessions)
+    with sessions.begin() as s:
+        first = bus.emit(s, "orchestrator.deployment.created", {"n": 1})
+    on_the_wire, release = threading.Event(), threading.Event()
+    publish = bus.publisher.publish
+
+    def held_publish(messages, **kwargs) -> None:
+        on_the_wire.set()
+        assert release.wait(30), "the test never released the publish"
+        publish(messages, **kwargs)
+
+    bus.publisher.publish = held_publish  # type: ignore[method-assign]
+    relayed: list[int] = []
+    relay = threading.Thread(target=lambda: relayed.append(bus.relay_once()))
+    relay.start()
+    try:
+        assert on_the_wire.wait(10)
+        written = threading.Event()
+
+        def writer() -> None:
+            with sessions.begin() as s:
+                bus.emit(s, "orchestrator.deployment.created", {"n": 2})
+            written.set()
+
+        threading.Thread(target=writer, daemon=True).start()
+        # The writer commits while the relay's batch is still waiting for the broker.
+        assert written.wait(10) and not release.is_set()
+    finally:
+        release.set()
+        relay.join(10)
+    bus.publisher.publish = publish  # type: ignore[method-assign]
+    assert relayed == [1]
+    with sessions() as s:
+        sent = s.scalars(sa.select(outbox.c.event_id).where(outbox.c.sent_at.is_not(None)))
+        assert list(sent) == [first.id]
+    assert bus.relay_once() == 1 and bus.pending() == 0
+
+
+def test_sqlite_relays_of_one_process_never_publish_a_row_twice(url, sessions):
+    """Two relays of one process (as the orchestrator's two buses) on one SQLite outbox: each
+    row goes out through exactly one of them, although neither holds a lock while it
+    publishes."""
+    sink = Bus(url, service="ranker", sessions=sessions)
+    recorder(sink, "orchestrator.#", "ranker.history")
+    sink.start()  # declares the queue, so that nothing published is dropped
+    sink.stop()
+    relays = [Bus(url, service="orchestrator", sessions=sessions, relay_batch=20) for _ in range(2)]
+    n = 300
+    with sessions.begin() as s:
+        for i in range(n):
+            relays[0].emit(s, "orchestrator.deployment.created", {"i": i})
+    published: list[int] = []
+
+    def relay(bus: Bus) -> None:
+        while (got := bus.relay_once()) > 0:
+            published.append(got)
+
+    threads = [threading.Thread(target=relay, args=(b,)) for b in relays]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(published) == n
+    assert relays[0].pending() == 0
+    assert sink.queue_depth("ranker.history") == n
+    for b in relays:
+        b.stop()

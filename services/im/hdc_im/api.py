@@ -423,7 +423,6 @@ class ImApi:
                     merged = topo
                     merged_nodes = {n.name for n in topo.nodes}
                     merged.nodes += [n for n in current.nodes if n.name not in merged_nodes]
-                    infra.tosca = tosca_text
                 else:
                     # RADL adds: counts are increments over what exists
                     merged = current
@@ -435,7 +434,7 @@ class ImApi:
                             have.count += n.count
                     infra.radl = (infra.radl or "") + "\n" + (radl_text or "")
                 removal = [int(x) for n in topo.nodes for x in n.removal_list if str(x).isdigit()]
-                infra.topology = merged.to_dict()
+                self.engine.store_topology(infra, merged, tosca_text)
                 new = self.engine.plan_vms(s, infra, merged)
                 new_ids = [v.index for v in new]
                 infra.state = "pending" if new else infra.state

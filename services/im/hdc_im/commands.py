@@ -108,13 +108,13 @@ class CommandHandlers:
             if extra > 0:
                 removal |= {v.index for v in kept[:extra]}
             current[node.name] = node
-        infra.topology = Topology(
+        merged = Topology(
             nodes=list(current.values()),
             outputs=topo.outputs,
             inputs=topo.inputs,
             properties=topo.properties,
-        ).to_dict()
-        infra.tosca = data.get("tosca")
+        )
+        self.engine.store_topology(infra, merged, str(data.get("tosca") or ""))
         if removal:
             self.engine.submit_job(session, infra.id, "remove_vms", {"indices": sorted(removal)})
         self.engine.plan_vms(session, infra, Topology.from_dict(infra.topology))

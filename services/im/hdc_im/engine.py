@@ -9,6 +9,7 @@ other worker (or the same one after a restart) takes the job over.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from hdc_im import contextualization, outputs
+from hdc_im import tosca as tosca_module
 from hdc_im.drivers.base import CloudError, Driver, VmRequest
 from hdc_im.models import (
     CONFIGURED,
@@ -40,12 +42,73 @@ from hdc_im.secrets import Vault
 from hdc_im.topology import NodeSpec, Topology
 
 log = logging.getLogger(__name__)
+_SEALED = "sealed:"
 
 DriverFactory = Callable[[dict[str, Any], dict[str, Any] | None], Driver]
 
 
 class LeaseLost(Exception):
     """Another worker took this job over (we were presumed dead); stop touching it."""
+
+
+class LeaseKeeper:
+    """Renews the leases of the jobs this engine is running, every third of a lease.
+
+    A lease is how other workers tell a dead worker from a busy one; a slow cloud call (a
+    delete that waits for the cloud to let go of a network) must not look like death, so
+    the renewal does not wait for the job's own steps. One thread for all jobs, started on
+    first use; a job whose lease was taken over meanwhile is flagged (`_lost`), and its next
+    step stops (renew() raises LeaseLost).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._jobs: dict[int, Job] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, job: Job) -> None:
+        with self._lock:
+            self._jobs[job.id] = job
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="im-leases", daemon=True)
+                self._thread.start()
+
+    def remove(self, job: Job) -> None:
+        with self._lock:
+            if self._jobs.get(job.id) is job:
+                del self._jobs[job.id]
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.engine.lease_s / 3)
+            with self._lock:
+                jobs = list(self._jobs.values())
+            if not jobs:
+                continue
+            try:
+                self._renew(jobs)
+            except Exception:  # the database may be briefly unreachable; the next tick retries
+                log.exception("lease renewal failed")
+
+    def _renew(self, jobs: list[Job]) -> None:
+        until = utcnow() + dt.timedelta(seconds=self.engine.lease_s)
+        with self.engine.sessions.begin() as s:
+            for job in jobs:
+                res = s.execute(
+                    sa.update(Job)
+                    .where(
+                        Job.id == job.id,
+                        Job.lease_owner == job.lease_owner,
+                        Job.state == "running",
+                    )
+                    .values(lease_until=until)
+                )
+                if res.rowcount != 1:
+                    job._lost = True
+        now = time.monotonic()
+        for job in jobs:
+            job._renewed_at = now
 
 
 class Events:
@@ -116,8 +179,41 @@ class Engine:
         self.ready_timeout_s = ready_timeout_s
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
         self.wakeup = threading.Event()
+        self.leases = LeaseKeeper(self)
         self._last_call = 0.0
         self._rate_lock = threading.Lock()
+
+    # -- secrets of container nodes -------------------------------------------------------
+
+    def seal(self, topo: Topology) -> Topology:
+        """Container secrets sealed (Fernet) before the topology is stored; idempotent."""
+        for node in topo.nodes:
+            node.secrets = {
+                k: v if v.startswith(_SEALED) else _SEALED + self.vault.seal(v)
+                for k, v in node.secrets.items()
+            }
+        return topo
+
+    def _unsealed(self, node: NodeSpec) -> NodeSpec:
+        if not node.secrets:
+            return node
+        plain = {}
+        for k, v in node.secrets.items():
+            value = self.vault.open(v[len(_SEALED) :]) if v.startswith(_SEALED) else v
+            if value is None:
+                raise CloudError(
+                    f"the secret {k} of node {node.name} cannot be opened (key rotated)"
+                )
+            plain[k] = str(value)
+        return dataclasses.replace(node, secrets=plain)
+
+    def store_topology(
+        self, infra: Infrastructure, topo: Topology, tosca_text: str | None = None
+    ) -> None:
+        """What an update keeps: the topology with its secrets sealed, the TOSCA without them."""
+        infra.topology = self.seal(topo).to_dict()
+        if tosca_text is not None:
+            infra.tosca = tosca_module.redact_secrets(tosca_text)
 
     # -- submitting work -----------------------------------------------------------------
 
@@ -183,8 +279,8 @@ class Engine:
             id=infra_id,
             owner=owner,
             state=PENDING,
-            topology=topo.to_dict(),
-            tosca=tosca,
+            topology=self.seal(topo).to_dict(),
+            tosca=tosca_module.redact_secrets(tosca),
             radl=radl,
             site=site,
             credentials=self.vault.seal(credentials) if credentials else None,
@@ -223,7 +319,7 @@ class Engine:
         if claim:
             job.state = "running"
             job.attempts = 1
-            job.lease_owner = self.worker_id
+            job.lease_owner = self._lease_token()
             job.lease_until = utcnow() + dt.timedelta(seconds=self.lease_s)
         session.add(job)
         session.flush()
@@ -232,6 +328,17 @@ class Engine:
         return job
 
     # -- leases --------------------------------------------------------------------------
+
+    def _lease_token(self) -> str:
+        """Who holds a lease: this engine and this one claim. Worker threads of one process
+        share the engine, so a thread whose lease expired (a slow cloud call) and the thread
+        that then took the job over must still tell their leases apart."""
+        return f"{self.worker_id}:{uuid.uuid4().hex[:12]}"
+
+    def _holds(self, job: Job) -> bool:
+        with self.sessions() as s:
+            row = s.execute(sa.select(Job.lease_owner, Job.state).where(Job.id == job.id)).one()
+        return row.lease_owner == job.lease_owner and row.state == "running"
 
     def claim(self, job_id: int | None = None) -> Job | None:
         """Take one runnable job (or the given one) under a fresh lease."""
@@ -256,7 +363,7 @@ class Engine:
                 .where(Job.id == jid, sa.or_(Job.lease_until.is_(None), Job.lease_until < now))
                 .values(
                     state="running",
-                    lease_owner=self.worker_id,
+                    lease_owner=self._lease_token(),
                     lease_until=now + dt.timedelta(seconds=self.lease_s),
                     attempts=Job.attempts + 1,
                 )
@@ -267,6 +374,8 @@ class Engine:
 
     def renew(self, job: Job, force: bool = False) -> None:
         """Extend the lease; a no-op while most of it is left (saves a write per step)."""
+        if getattr(job, "_lost", False):
+            raise LeaseLost(f"job {job.id}")
         now = time.monotonic()
         renewed = getattr(job, "_renewed_at", None)
         if renewed is None:
@@ -277,7 +386,7 @@ class Engine:
         with self.sessions.begin() as s:
             res = s.execute(
                 sa.update(Job)
-                .where(Job.id == job.id, Job.lease_owner == self.worker_id, Job.state == "running")
+                .where(Job.id == job.id, Job.lease_owner == job.lease_owner, Job.state == "running")
                 .values(lease_until=utcnow() + dt.timedelta(seconds=self.lease_s))
             )
             if res.rowcount != 1:
@@ -301,7 +410,7 @@ class Engine:
         job._finished = True
         res = s.execute(
             sa.update(Job)
-            .where(Job.id == job.id, Job.lease_owner == self.worker_id)
+            .where(Job.id == job.id, Job.lease_owner == job.lease_owner)
             .values(state=state, error=error, lease_until=None)
         )
         if res.rowcount != 1:
@@ -317,6 +426,13 @@ class Engine:
         return True
 
     def run(self, job: Job) -> None:
+        self.leases.add(job)
+        try:
+            self._run(job)
+        finally:
+            self.leases.remove(job)
+
+    def _run(self, job: Job) -> None:
         try:
             handler = getattr(self, f"_job_{job.kind}")
             handler(job)
@@ -327,15 +443,23 @@ class Engine:
         except Exception as exc:  # a job must never kill its worker
             log.exception("job %s (%s) crashed", job.id, job.kind)
             job._crash = str(exc)
+            if not self._holds(job):
+                # taken over while we ran (our lease ran out): the new holder carries on
+                log.warning("job %s was taken over by another worker; leaving it", job.id)
+                return
             if job.attempts >= self.max_attempts:
-                self._fail(job.infrastructure_id, f"internal error: {exc}")
+                error = f"internal error: {exc}"
+                if job.kind in ("create", "update"):
+                    self._cleanup_failed(job.infrastructure_id, error)  # destroys what was made
+                else:
+                    self._fail(job.infrastructure_id, error)
                 self.finish(job, "failed", str(exc))
             else:
                 # leave it leased-out briefly: it is retried when the lease expires
                 with self.sessions.begin() as s:
                     s.execute(
                         sa.update(Job)
-                        .where(Job.id == job.id)
+                        .where(Job.id == job.id, Job.lease_owner == job.lease_owner)
                         .values(lease_until=utcnow() + dt.timedelta(seconds=min(self.lease_s, 2.0)))
                     )
 
@@ -464,7 +588,7 @@ class Engine:
                 # this job ran before (a worker died or lost its lease mid-call): make the
                 # cloud hold exactly the VMs the database knows, one per token
                 self._converge(drv, infra_id)
-            self._wait_running(drv, infra_id, job)
+            self._wait_running(drv, infra, topo, shared, job)
             self._configure(infra_id, topo, updated, job)
         except CloudError as exc:
             self._cleanup_failed(infra_id, str(exc))
@@ -497,12 +621,19 @@ class Engine:
         node = topo.node(vm.node)
         if node is None:
             return None, False
+        req = VmRequest(infra.id, vm.index, vm.token, node, "", shared, self._recorder(infra.id))
         status = drv.find_vm(infra.id, vm.token)
         adopted = status is not None
         if status is None:
             self._throttle()
-            ud = contextualization.user_data(node, infra.id, vm.index, infra.user_data_extra)
-            status = drv.create_vm(VmRequest(infra.id, vm.index, vm.token, node, ud, shared))
+            req.user_data = contextualization.user_data(
+                node, infra.id, vm.index, infra.user_data_extra
+            )
+            req.node = self._unsealed(node)  # opened only for the call that hands them over
+            status = drv.create_vm(req)
+            req.node = node
+        if status.state == RUNNING:
+            status = drv.finish_vm(req, status)
         return status, adopted
 
     def _straggler_check(self, drv: Driver, vm: VM, made: str) -> None:
@@ -562,7 +693,16 @@ class Engine:
                     self._log(s, None, f"VM {vm.index}: cloud-init user-data delivered", row)
         return list(rows.values())
 
-    def _wait_running(self, drv: Driver, infra_id: str, job: Job) -> None:
+    def _wait_running(
+        self,
+        drv: Driver,
+        infra: Infrastructure,
+        topo: Topology,
+        shared: dict[str, Any],
+        job: Job,
+    ) -> None:
+        infra_id = infra.id
+        record = self._recorder(infra_id)
         deadline = time.monotonic() + self.ready_timeout_s
         delay = 0.05
         while True:
@@ -583,6 +723,11 @@ class Engine:
                         f"VM {vm.index} ({vm.provider_id}) failed on the cloud: "
                         f"{st.info.get('error', 'no reason given')}"
                     )
+                node = topo.node(vm.node)
+                if st.state == RUNNING and node is not None:
+                    # recorded running only once the finishing step (public address) is done
+                    req = VmRequest(infra_id, vm.index, vm.token, node, "", shared, record)
+                    st = drv.finish_vm(req, st)
                 if st.state != PENDING:
                     with self.sessions.begin() as s:
                         row = s.get(VM, vm.id)

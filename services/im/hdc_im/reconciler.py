@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from hdc_im.drivers.base import CloudError, Driver
+from hdc_im.drivers.base import CloudError, Driver, Tagged
 from hdc_im.models import DELETED, FAILED, VM, Infrastructure
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,10 @@ def reconcile(driver: Driver, sessions: sessionmaker[Session]) -> list[str]:
                 sa.select(VM.token).where(VM.infrastructure_id.in_(infra_ids), VM.state != DELETED)
             )
         )
-    for t in tagged:
+    # shared resources of a gone infrastructure go together, after its VMs, in the order the
+    # driver needs (a network cannot go before the ports of the VMs on it)
+    shared: dict[str, list[Tagged]] = {}
+    for t in sorted(tagged, key=lambda t: t.kind != "vm"):
         state = infras.get(t.infrastructure_id)
         gone = state is None or state in (DELETED, FAILED)
         if t.kind == "vm":
@@ -44,8 +47,16 @@ def reconcile(driver: Driver, sessions: sessionmaker[Session]) -> list[str]:
                 driver.destroy_vm(t.provider_id)
                 removed.append(t.provider_id)
         elif gone:
-            driver.release(t.infrastructure_id, [(t.kind, t.provider_id, None)])
+            shared.setdefault(t.infrastructure_id, []).append(t)
+        elif t.token and t.token not in live_tokens:
+            # a per-VM resource (a public address) of a VM the database no longer has
+            log.warning("reconciler: removing orphan %s %s", t.kind, t.provider_id)
+            driver.remove_tagged(t)
             removed.append(t.provider_id)
+    for infra_id, items in shared.items():
+        log.warning("reconciler: releasing %d resources of %s", len(items), infra_id)
+        driver.release(infra_id, [(t.kind, t.provider_id, t.provider_id) for t in items])
+        removed += [t.provider_id for t in items]
     return removed
 
 

@@ -62,11 +62,9 @@ class ImSettings(ServiceSettings):
     # How long a synchronous create waits for the VMs to be made before answering.
     sync_timeout_s: float = 120.0
     reconcile_interval_s: float = 60.0
-    # Extra TOSCA type files (e.g. tosca-templates/indigo/custom_types.yaml).
-    # The im's own minimal types cover INDIGO templates; the vRouter types add hybrid routers.
-    tosca_types_files: list[str] = Field(
-        default_factory=lambda: type_files("vrouter/vrouter_types.yaml")
-    )
+    # TOSCA type files besides the im's own minimal types: by default the template library's
+    # (INDIGO's custom types, hdc's and the vRouter's), so every ready template parses.
+    tosca_types_files: list[str] = Field(default_factory=type_files)
     # OIDC issuers whose bearer tokens the IM-compatible API accepts (signature checked by JWKS
     # at the gateway; here the token names the owner). Empty: any issuer.
     oidc_issuers: list[str] = Field(default_factory=list)

@@ -41,6 +41,16 @@ class NodeSpec:
     volumes: list[dict[str, Any]] = field(default_factory=list)
     # the model a container node serves (local driver); defaults to the image
     model: str = ""
+    # an existing private network (name or id) the VM joins; empty: the driver's default
+    # (a network made for the infrastructure)
+    network: str = ""
+    # address range of the network made for the infrastructure (empty: the site's default)
+    network_cidr: str = ""
+    # the external network public addresses come from (empty: the site's default)
+    public_network: str = ""
+    # container environment values that are secret: handed over through the platform's
+    # secret store where it has one, never shown (sealed at rest by the engine)
+    secrets: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeSpec:

@@ -36,17 +36,43 @@ _SECTIONS = (
 )
 
 
+# parts of a type definition that are maps of named entries, merged entry by entry
+_NAMED_PARTS = ("properties", "attributes", "capabilities", "interfaces", "artifacts")
+
+
+def _merge_type(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """One type defined in two files: `over` wins per entry, `base`'s other entries stay
+    (INDIGO's `uris` and the im's `constraints` on the same container type both parse)."""
+    out = {**base, **over}
+    for part in _NAMED_PARTS:
+        if isinstance(base.get(part), dict) and isinstance(over.get(part), dict):
+            out[part] = {**base[part], **over[part]}
+    if isinstance(base.get("requirements"), list) and isinstance(over.get("requirements"), list):
+        names = {next(iter(r)) for r in over["requirements"] if isinstance(r, dict) and r}
+        kept = [
+            r for r in base["requirements"] if isinstance(r, dict) and next(iter(r)) not in names
+        ]
+        out["requirements"] = kept + over["requirements"]
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _type_library(files: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     lib: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
-    for name in (str(OWN_TYPES), *files):
+    # the im's own types last: what it reads from a template (endpoint attributes,
+    # constraints, ...) is defined whatever the library files say about the same type
+    for name in (*files, str(OWN_TYPES)):
         path = Path(name)
         if not path.is_file():
             log.warning("TOSCA types file %s not found; skipped", path)
             continue
         doc = yaml.safe_load(path.read_text()) or {}
         for section in _SECTIONS:
-            lib[section].update(doc.get(section) or {})
+            for tname, tdef in (doc.get(section) or {}).items():
+                have = lib[section].get(tname)
+                if isinstance(have, dict) and isinstance(tdef, dict):
+                    tdef = _merge_type(have, tdef)
+                lib[section][tname] = tdef
     return lib
 
 
@@ -179,10 +205,13 @@ def _extract(parsed: ToscaTemplate, doc: dict[str, Any]) -> Topology:
             if "host" in req:
                 target = req["host"] if isinstance(req["host"], str) else req["host"].get("node")
                 hosted.setdefault(str(target), []).append(n)
+    networks = _networks_by_compute(parsed.nodetemplates, by_name)
     for n in parsed.nodetemplates:
         td = n.type_definition
         if td.is_derived_from("tosca.nodes.Compute"):
-            nodes.append(_compute(n, hosted.get(n.name, []), by_name))
+            spec = _compute(n, hosted.get(n.name, []), by_name)
+            _apply_networks(spec, networks.get(n.name, []))
+            nodes.append(spec)
         elif td.is_derived_from("tosca.nodes.Container.Application"):
             nodes.append(_container(n, by_name))
     if not nodes:
@@ -203,6 +232,46 @@ def _extract(parsed: ToscaTemplate, doc: dict[str, Any]) -> Topology:
         properties=props,
         source="tosca",
     )
+
+
+def _req_target(req: dict[str, Any], name: str) -> str | None:
+    spec = req.get(name)
+    if spec is None:
+        return None
+    return str(spec if isinstance(spec, str) else spec.get("node"))
+
+
+def _networks_by_compute(templates: list[Any], by_name: dict[str, Any]) -> dict[str, list[dict]]:
+    """Compute name -> properties of the tosca.nodes.network.Network nodes its Ports link it
+    to (TOSCA's normative Port: requirement `binding` to the Compute, `link` to the Network)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for n in templates:
+        if not n.type_definition.is_derived_from("tosca.nodes.network.Port"):
+            continue
+        compute = network = None
+        for req in n.requirements or []:
+            compute = _req_target(req, "binding") or compute
+            network = _req_target(req, "link") or network
+        net = by_name.get(str(network))
+        if compute and net is not None:
+            out.setdefault(compute, []).append(_props(net))
+    return out
+
+
+def _apply_networks(spec: NodeSpec, networks: list[dict[str, Any]]) -> None:
+    """IM conventions: a Network with `network_type: public` is the outside (its
+    `network_name` the external network / floating IP pool); any other Network is the private
+    one, existing when it has a `network_name` (or `network_id`), made for the
+    infrastructure otherwise (with its `cidr`)."""
+    for props in networks:
+        name = str(props.get("network_name") or props.get("network_id") or "")
+        if str(props.get("network_type") or "").lower() == "public":
+            spec.public = True
+            spec.public_network = name if name.upper() != "PUBLIC" else ""
+        elif name:
+            spec.network = name
+        elif props.get("cidr"):
+            spec.network_cidr = str(props["cidr"])
 
 
 def _gb(size: Any) -> int:
@@ -250,7 +319,11 @@ def _compute(n: Any, software: list[Any], by_name: dict[str, Any] | None = None)
     spec.cpus = float(host.get("num_cpus") or 0)
     spec.memory_mb = _mb(host.get("mem_size"))
     spec.gpus = int(host.get("num_gpus") or 0)
-    spec.public = str(ep.get("network_name", "")).upper() == "PUBLIC"
+    # TOSCA: network_name is PUBLIC, PRIVATE, or the name (or id) of a network to join
+    net_name = str(ep.get("network_name") or "")
+    spec.public = net_name.upper() == "PUBLIC"
+    if net_name and net_name.upper() not in ("PUBLIC", "PRIVATE"):
+        spec.network = net_name
     spec.ports = _ports(ep.get("ports"))
     cred = os_.get("credential") or ep.get("credential") or {}
     if isinstance(cred, dict):
@@ -281,6 +354,9 @@ def _container(n: Any, by_name: dict[str, Any]) -> NodeSpec:
     spec.environment = {
         str(k): str(v) for k, v in (props.get("environment_variables") or {}).items()
     }
+    spec.secrets = {str(k): str(v) for k, v in (props.get("secrets") or {}).items()}
+    for name in spec.secrets:  # a value given both ways is a secret, never plain environment
+        spec.environment.pop(name, None)
     spec.model = spec.environment.get("HDC_MODEL") or spec.environment.get("MODEL_NAME") or ""
     spec.labels = {str(k): str(v) for k, v in (props.get("labels") or {}).items()}
     spec.constraints = [list(map(str, c)) for c in props.get("constraints") or []]
@@ -311,3 +387,29 @@ def _has_type(n: Any, name: str) -> bool:
             return True
         t = t.parent_type
     return False
+
+
+REDACTED = "<redacted>"
+
+
+def redact_secrets(text: str | None) -> str | None:
+    """The TOSCA text as kept and shown (GET /tosca): values of `secrets` properties replaced.
+
+    Re-serialised only when there is something to hide (comments and layout are kept
+    otherwise); a document that does not parse is returned as it is (it never got this far).
+    """
+    if not text or "secrets" not in text:
+        return text
+    try:
+        doc = yaml.safe_load(text)
+        templates = doc["topology_template"]["node_templates"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return text
+    changed = False
+    for tpl in templates.values() if isinstance(templates, dict) else ():
+        props = tpl.get("properties") if isinstance(tpl, dict) else None
+        secret = props.get("secrets") if isinstance(props, dict) else None
+        if isinstance(secret, dict) and secret:
+            props["secrets"] = {k: REDACTED for k in secret}
+            changed = True
+    return yaml.safe_dump(doc, sort_keys=False) if changed else text

@@ -143,3 +143,78 @@ def test_vault_round_trip_and_key_rotation(tmp_path: Path) -> None:
     assert vault.open(sealed) == {"password": "s3cret"}
     assert Vault(load_fernet("", tmp_path)).open(sealed) == {"password": "s3cret"}  # key kept
     assert Vault(Fernet(Fernet.generate_key())).open(sealed) is None
+
+
+NETWORKS = """
+tosca_definitions_version: tosca_simple_yaml_1_0
+topology_template:
+  node_templates:
+    outside:
+      type: tosca.nodes.network.Network
+      properties: {network_type: public, network_name: ext-net}
+    lan:
+      type: tosca.nodes.network.Network
+      properties: {network_name: private}
+    fresh:
+      type: tosca.nodes.network.Network
+      properties: {cidr: 10.77.0.0/24}
+    a:
+      type: tosca.nodes.indigo.Compute
+      capabilities: {os: {properties: {image: img}}}
+    b:
+      type: tosca.nodes.indigo.Compute
+      capabilities: {os: {properties: {image: img}}}
+    c:
+      type: tosca.nodes.indigo.Compute
+      capabilities:
+        os: {properties: {image: img}}
+        endpoint: {properties: {network_name: science-net}}
+    a_out: {type: tosca.nodes.network.Port, requirements: [{binding: a}, {link: outside}]}
+    a_lan: {type: tosca.nodes.network.Port, requirements: [{binding: a}, {link: lan}]}
+    b_new: {type: tosca.nodes.network.Port, requirements: [{binding: b}, {link: fresh}]}
+"""
+
+
+def test_networks_from_ports_and_endpoints() -> None:
+    nodes = {n.name: n for n in tosca.load(NETWORKS).nodes}
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    # a: public through the external network it names, on the existing "private"
+    assert (a.public, a.public_network, a.network) == (True, "ext-net", "private")
+    # b: private, on a network made for it with the template's range
+    assert (b.public, b.network, b.network_cidr) == (False, "", "10.77.0.0/24")
+    # c: TOSCA's endpoint network_name naming a network to join
+    assert (c.public, c.network) == (False, "science-net")
+
+
+SECRET_APP = """
+tosca_definitions_version: tosca_simple_yaml_1_0
+node_types:
+  hdc.nodes.App:
+    derived_from: tosca.nodes.indigo.Container.Application.Docker
+    properties:
+      secrets: {type: map, required: false, entry_schema: {type: string}}
+topology_template:
+  node_templates:
+    rt:
+      type: tosca.nodes.indigo.Container.Runtime.Docker
+      capabilities: {host: {properties: {num_cpus: 1.0}}}
+    app:
+      type: hdc.nodes.App
+      properties:
+        environment_variables: {MODE: prod, TOKEN: "visible-by-mistake"}
+        secrets: {TOKEN: "t0ps3cret", DB_PASSWORD: "hunter2"}
+      artifacts:
+        image: {file: img, type: tosca.artifacts.Deployment.Image.Container.Docker}
+      requirements: [{host: rt}]
+"""
+
+
+def test_secrets_are_parsed_apart_and_redacted_from_the_kept_template() -> None:
+    (app,) = tosca.load(SECRET_APP).nodes
+    assert app.secrets == {"TOKEN": "t0ps3cret", "DB_PASSWORD": "hunter2"}
+    assert app.environment == {"MODE": "prod"}  # a value given both ways is a secret
+    kept = tosca.redact_secrets(SECRET_APP)
+    assert "t0ps3cret" not in kept and "hunter2" not in kept
+    (again,) = tosca.load(kept).nodes  # still a valid template
+    assert again.secrets == {"TOKEN": "<redacted>", "DB_PASSWORD": "<redacted>"}
+    assert tosca.redact_secrets(INDIGO) is INDIGO  # nothing to hide: kept as written

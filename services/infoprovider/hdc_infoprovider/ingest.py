@@ -21,11 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
+
 from hdc_infoprovider import models as m
 from hdc_infoprovider.agent_auth import AgentIdentity, AgentTokenVerifier, AuthError
 from hdc_infoprovider.report import Flavor, Image, Network, Quota, Service, SiteReport, utcnow
-from pydantic import TypeAdapter, ValidationError
-from sqlalchemy.orm import Session
+from hdc_infoprovider.writes import ReportWrites
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,16 @@ class Refused(Exception):
         self.kind = kind
 
 
+_UID_PREFIX = UID_NAMESPACE.bytes
+
+
 def uid(*parts: str) -> str:
-    return uuid.uuid5(UID_NAMESPACE, "\x1f".join(parts)).hex
+    """uuid5(UID_NAMESPACE, parts joined by \x1f).hex, without building UUID objects (a
+    first report computes 250 of them)."""
+    h = bytearray(hashlib.sha1(_UID_PREFIX + "\x1f".join(parts).encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50  # version 5
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return h.hex()
 
 
 def _digest(values: Iterable[Any]) -> str:
@@ -175,7 +185,7 @@ class Ingestor:
             exc.who = who
             raise
 
-        site = _lock_site(session, site_id)
+        site, existing = _lock_site(session, site_id)
         if site is not None and to_utc(report.creationTime) <= to_utc(site.creation_time):
             raise Refused(
                 f"report created at {report.creationTime.isoformat()} is not newer than the one "
@@ -202,13 +212,23 @@ class Ingestor:
             "client_id": who.client_id,
             "agent": report.agent.model_dump(),
         }
+        # Everything to write is decided first, then sent at once (one statement on
+        # PostgreSQL): see writes.py.
+        writes = ReportWrites(site_id)
+        changes = _sync_services(session, site_id, report, existing, writes)
+        writes.catalog_moved = any(
+            any(changes[k].values()) for k in ("services", "flavors", "images", "networks")
+        )
         if site is None:
-            session.execute(_SITE_INSERT, [{"id": site_id, "reports_accepted": 1, **values}])
+            writes.site_insert = {
+                "id": site_id,
+                "reports_accepted": 1,
+                "catalog_version": int(writes.catalog_moved),
+                **values,
+            }
         else:
-            session.execute(_SITE_UPDATE, [{"b_id": site_id, **values}])
-        changes = _sync_services(session, site_id, report, created=site is None)
-        if any(any(changes[k].values()) for k in ("services", "flavors", "images", "networks")):
-            session.execute(_SITE_BUMP, {"b_id": site_id})
+            writes.site_update = {"id": site_id, **values}
+        writes.flush(session)
         result = IngestResult(True, site_id, status=status, changes=changes)
         if self.emit is not None and (result.changed or previous_status != status):
             self.emit(
@@ -258,77 +278,38 @@ class Ingestor:
 
 _SITES = m.Site.__table__
 _SERVICES = m.Service.__table__
-_SITE_VALUES = (
-    "name", "country", "gocdb_id", "homepage", "support_emails", "status", "health",
-    "creation_time", "validity_s", "valid_until", "last_report_at", "client_id", "agent",
-)  # fmt: skip
-_SITE_INSERT = _SITES.insert()
-_SITE_UPDATE = (
-    _SITES.update()
-    .where(_SITES.c.id == sa.bindparam("b_id"))
-    .values(
-        reports_accepted=_SITES.c.reports_accepted + 1,
-        **{k: sa.bindparam(k) for k in _SITE_VALUES},
+# The site (locked on PostgreSQL) and what it holds of each of its services, in one round
+# trip: one row per service, or one row without a service for a site that has none.
+_SITE_LOCK = (
+    sa.select(
+        _SITES.c.creation_time,
+        _SITES.c.valid_until,
+        _SITES.c.status,
+        _SERVICES.c.id.label("service_id"),
+        _SERVICES.c.digest,
+        _SERVICES.c.component,
+        _SERVICES.c.part_digests,
     )
+    .select_from(_SITES.outerjoin(_SERVICES, _SERVICES.c.site_id == _SITES.c.id))
+    .where(_SITES.c.id == sa.bindparam("site_id"))
 )
-_SITE_BUMP = (
-    _SITES.update()
-    .where(_SITES.c.id == sa.bindparam("b_id"))
-    .values(catalog_version=_SITES.c.catalog_version + 1)
-)
-_SITE_LOCK = sa.select(_SITES.c.creation_time, _SITES.c.valid_until, _SITES.c.status).where(
-    _SITES.c.id == sa.bindparam("site_id")
-)
-_SITE_LOCK_PG = _SITE_LOCK.with_for_update()
-_SERVICES_OF_SITE = sa.select(
-    _SERVICES.c.id, _SERVICES.c.digest, _SERVICES.c.component, _SERVICES.c.part_digests
-).where(_SERVICES.c.site_id == sa.bindparam("site_id"))
-_SERVICE_INSERT = _SERVICES.insert()
-_SERVICE_DELETE = _SERVICES.delete().where(_SERVICES.c.id.in_(sa.bindparam("ids", expanding=True)))
-_SERVICE_UNHEALTHY = (
-    _SERVICES.update()
-    .where(_SERVICES.c.id.in_(sa.bindparam("ids", expanding=True)))
-    .values(healthy=False)
-)
-_SERVICE_UPDATES: dict[tuple[str, ...], Any] = {}
+_SITE_LOCK_PG = _SITE_LOCK.with_for_update(of=_SITES)
+_HELD_PART = {
+    part: sa.select(sa.literal(part).label("part"), model.service_id, model.id, model.digest).where(
+        model.service_id.in_(sa.bindparam(f"{part}_sids", expanding=True))
+    )
+    for part, model in m.CHILD_MODELS.items()
+}
+_HELD: dict[tuple[str, ...], Any] = {}
 
 
-def _service_update(columns: tuple[str, ...]) -> Any:
-    stmt = _SERVICE_UPDATES.get(columns)
+def _held_statement(parts: tuple[str, ...]) -> Any:
+    """Digests held for the parts that changed (one round trip, whatever their number)."""
+    stmt = _HELD.get(parts)
     if stmt is None:
-        stmt = _SERVICE_UPDATES[columns] = (
-            _SERVICES.update()
-            .where(_SERVICES.c.id == sa.bindparam("b_id"))
-            .values({c: sa.bindparam(c) for c in columns if c != "id"})
-        )
+        selects = [_HELD_PART[p] for p in parts]
+        stmt = _HELD[parts] = selects[0] if len(selects) == 1 else sa.union_all(*selects)
     return stmt
-
-
-_HELD = sa.union_all(
-    *[
-        sa.select(sa.literal(part).label("part"), model.service_id, model.id, model.digest).where(
-            model.service_id.in_(sa.bindparam("sids", expanding=True))
-        )
-        for part, model in m.CHILD_MODELS.items()
-    ]
-)
-
-
-def _child_statements(model: Any) -> tuple[Any, Any, Any]:
-    t = model.__table__
-    cols = [c.name for c in t.columns if c.name not in ("service_id", "id", "uid")]
-    update = (
-        t.update()
-        .where(t.c.service_id == sa.bindparam("b_service_id"), t.c.id == sa.bindparam("b_id"))
-        .values({c: sa.bindparam(c) for c in cols})
-    )
-    delete = t.delete().where(
-        t.c.service_id == sa.bindparam("sid"), t.c.id.in_(sa.bindparam("ids", expanding=True))
-    )
-    return t.insert(), update, delete
-
-
-_CHILD = {part: _child_statements(model) for part, model in m.CHILD_MODELS.items()}
 
 
 # ---------------------------------------------------------------------- checks
@@ -419,11 +400,15 @@ def _effective_status(site: m.Site, now: datetime) -> str:
     return "down" if to_utc(site.valid_until) < now else site.status
 
 
-def _lock_site(session: Session, site_id: str) -> Any:
+def _lock_site(session: Session, site_id: str) -> tuple[Any, dict[str, Any]]:
+    """The site's row (None if new) and its services' rows by id."""
     # PostgreSQL: replicas handling two reports of one site serialise here.
     # SQLite: writers are already serialised by BEGIN IMMEDIATE.
     pg = session.get_bind().dialect.name == "postgresql"
-    return session.execute(_SITE_LOCK_PG if pg else _SITE_LOCK, {"site_id": site_id}).first()
+    rows = session.execute(_SITE_LOCK_PG if pg else _SITE_LOCK, {"site_id": site_id}).all()
+    if not rows:
+        return None, {}
+    return rows[0], {r.service_id: r for r in rows if r.service_id is not None}
 
 
 # ---------------------------------------------------------------------- sync
@@ -550,13 +535,14 @@ def _empty_changes() -> dict[str, dict[str, int]]:
 
 
 def _sync_services(
-    session: Session, site_id: str, report: SiteReport, created: bool
+    session: Session,
+    site_id: str,
+    report: SiteReport,
+    existing: dict[str, Any],
+    writes: ReportWrites,
 ) -> dict[str, dict[str, int]]:
     changes = _empty_changes()
     unhealthy = report.unhealthy_components()
-    existing = {}
-    if not created:
-        existing = {r.id: r for r in session.execute(_SERVICES_OF_SITE, {"site_id": site_id})}
     incoming: dict[str, tuple[Service, dict[str, Any]]] = {}
     for svc in report.services:
         ct, validity = _fresh(svc, report.creationTime, report.validity)
@@ -569,52 +555,49 @@ def _sync_services(
     gone = [
         sid for sid, r in existing.items() if sid not in incoming and r.component not in unhealthy
     ]
-    if gone:
-        session.execute(_SERVICE_DELETE, {"ids": gone})
-        changes["services"]["removed"] = len(gone)
-    kept = [sid for sid, r in existing.items() if sid not in incoming and r.component in unhealthy]
-    if kept:
-        # Kept from before, but their collector failed: not fit for placement until it recovers.
-        session.execute(_SERVICE_UNHEALTHY, {"ids": kept})
+    writes.services_deleted = gone
+    changes["services"]["removed"] = len(gone)
+    # Kept from before, but their collector failed: not fit for placement until it recovers.
+    writes.services_unhealthy = [
+        sid for sid, r in existing.items() if sid not in incoming and r.component in unhealthy
+    ]
 
     for sid, (_, row) in incoming.items():
         if sid in existing:
             # A part not read this time keeps the digest of its rows, which stay.
             row["part_digests"] = {**(existing[sid].part_digests or {}), **row["part_digests"]}
-    new_rows = [row for sid, (_, row) in incoming.items() if sid not in existing]
-    if new_rows:
-        session.execute(_SERVICE_INSERT, new_rows)
-        changes["services"]["added"] = len(new_rows)
-    # Updates grouped by the columns they set (a failed part leaves its freshness alone).
-    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    writes.services_inserted = [row for sid, (_, row) in incoming.items() if sid not in existing]
+    changes["services"]["added"] = len(writes.services_inserted)
     for sid, (_, row) in incoming.items():
         if sid in existing:
-            by_shape.setdefault(tuple(sorted(row)), []).append(row)
+            writes.services_updated.append(row)
             if existing[sid].digest != row["digest"]:
                 changes["services"]["updated"] += 1
-    for shape, rows in by_shape.items():
-        session.execute(_service_update(shape), [{"b_id": r["id"], **r} for r in rows])
 
     # What the registry holds of every part of these services, in one round trip.
     def unchanged(sid: str, part: str) -> bool:
         old = existing[sid].part_digests if sid in existing else None
         return bool(old) and old.get(part) == incoming[sid][1]["part_digests"].get(part)
 
+    # Only the parts that changed are diffed: a report whose quotas moved reads the quota
+    # digests, not those of 250 unchanged flavors and images.
     held: dict[tuple[str, str], dict[str, str]] = {}
-    old_ids = [
-        sid
-        for sid, (svc, _) in incoming.items()
-        if sid in existing
-        and any(p not in svc.failed_parts and not unchanged(sid, p) for p in PART_NAMES)
-    ]
-    if old_ids:
-        for r in session.execute(_HELD, {"sids": old_ids}):
+    to_diff: dict[str, list[str]] = {}
+    for sid, (svc, _) in incoming.items():
+        if sid in existing:
+            for p in PART_NAMES:
+                if p not in svc.failed_parts and not unchanged(sid, p):
+                    to_diff.setdefault(p, []).append(sid)
+    if to_diff:
+        parts = tuple(p for p in PART_NAMES if p in to_diff)
+        params = {f"{p}_sids": to_diff[p] for p in parts}
+        for r in session.execute(_held_statement(parts), params):
             held.setdefault((r.part, r.service_id), {})[r.id] = r.digest
 
     for part, (content_fn, key_fn) in PARTS.items():
-        insert_stmt, update_stmt, delete_stmt = _CHILD[part]
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
+        inserts = writes.children[part]["insert"]
+        updates = writes.children[part]["update"]
+        deletes = writes.children[part]["delete"]
         for sid, (svc, srow) in incoming.items():
             if part in svc.failed_parts or unchanged(sid, part):
                 continue
@@ -643,17 +626,9 @@ def _sync_services(
                         | own
                     )
                 elif old != digest:
-                    updates.append(
-                        {"b_service_id": sid, "b_id": rid, "digest": digest} | content | own
-                    )
-            vanished = [rid for rid in have if rid not in seen]
-            if vanished:
-                session.execute(delete_stmt, {"sid": sid, "ids": vanished})
-                changes[part]["removed"] += len(vanished)
-        if updates:
-            session.execute(update_stmt, updates)
-            changes[part]["updated"] += len(updates)
-        if inserts:
-            session.execute(insert_stmt, inserts)
-            changes[part]["added"] += len(inserts)
+                    updates.append({"service_id": sid, "id": rid, "digest": digest} | content | own)
+            deletes += ({"service_id": sid, "id": rid} for rid in have if rid not in seen)
+        changes[part]["removed"] += len(deletes)
+        changes[part]["updated"] += len(updates)
+        changes[part]["added"] += len(inserts)
     return changes

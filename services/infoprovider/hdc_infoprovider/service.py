@@ -10,16 +10,18 @@ from hdc_common.bus import Bus, CloudEvent
 from hdc_common.db import create_engine, migrate, session_factory
 from hdc_common.http import create_openapi_app
 from hdc_common.identity import InternalTokenVerifier
+from hdc_common.require_identity import require_identity
 from hdc_common.service import Components, Service, run_service
 from hdc_common.settings import ServiceSettings, service_config
+from pydantic import Field, model_validator
+from sqlalchemy.orm import Session
+
 from hdc_infoprovider.agent_auth import AgentClient, AgentTokenVerifier, TrustedIssuer, client_map
 from hdc_infoprovider.grpc_api import servicer_entry
 from hdc_infoprovider.ingest import Ingestor
 from hdc_infoprovider.liveness import DownDetector
 from hdc_infoprovider.placement import Catalog, CatalogWarmer
 from hdc_infoprovider.rest import SPEC, RestApi
-from pydantic import Field, model_validator
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +77,13 @@ def build(settings: InfoProviderSettings) -> Components:
         ingestor.handle_envelope(session, event.data, event_id=event.id, transport="amqp")
 
     catalog = Catalog()
-    api = RestApi(
-        sessions,
-        ingestor,
-        InternalTokenVerifier(settings.identity_key_pem()),
-        catalog,
-        operator_role=settings.operator_role,
-    )
+    # Only the gateway's signed identities are trusted (no key configured: every call is
+    # refused). Agents reporting over HTTP come through the gateway too, which forwards
+    # their bearer token for the registry's own site check.
+    identity = InternalTokenVerifier(settings.identity_key_pem())
+    api = RestApi(sessions, ingestor, identity, catalog, operator_role=settings.operator_role)
     app = create_openapi_app(SPEC, service="infoprovider", resolver=api.resolver())
+    require_identity(app, identity)
     detector = DownDetector(
         sessions,
         emit,
@@ -91,7 +92,7 @@ def build(settings: InfoProviderSettings) -> Components:
     )
     return Components(
         asgi_app=app,
-        grpc_servicers=[servicer_entry(sessions, catalog)],
+        grpc_servicers=[servicer_entry(sessions, catalog, identity)],
         background=[bus, detector, CatalogWarmer(sessions, catalog)],
     )
 

@@ -22,13 +22,15 @@ def op():
         yield provider
 
 
-@pytest.fixture
-def reg(op, sqlite_url):
+@pytest.fixture(params=["sqlite", "postgres"])
+def reg(request, op):
+    # Both databases: ingestion writes rows differently on each (bulk JSON on PostgreSQL).
+    url = request.getfixturevalue(f"{request.param}_url")
     registry = Registry(
         **registry_settings(
             op,
             {"agent-a": "site-a"},
-            database_url=sqlite_url,
+            database_url=url,
             bus_url=f"memory:///ip-{uuid.uuid4().hex[:8]}",
         )  # fmt: skip
     ).start()
@@ -230,3 +232,125 @@ def test_cmdb_compatible_documents(reg, op):
     ).json()
     assert found["candidates"][0]["flavors"][0]["id"] == "2"
     assert http.get("/v1/sites").json()["sites"][0]["id"] == "site-a"
+
+
+def _no_freshness(msgs: Any) -> list[Any]:
+    out = []
+    for msg in msgs:
+        copy = type(msg)()
+        copy.CopyFrom(msg)
+        copy.ClearField("freshness")
+        out.append(copy)
+    return out
+
+
+def test_candidate_reply_matches_the_site_view(reg, op):
+    # Placement assembles its reply from pre-serialised pieces; the site view builds the same
+    # facts as messages field by field. Both must agree on every field of a candidate.
+    doc = report(
+        region="RegionOne",
+        cost={"per_cpu_hour": 0.02, "currency": "EUR"},
+        properties={"tier": "gold"},
+    )
+    doc["health"] = [{"component": "openstack", "healthy": True, "message": "ok"}]
+    assert post(reg, op, doc).status_code == 202
+    res = reg.find(cpus=1, tenant="vo.example.eu")
+    site = reg.site("site-a")
+    svc = site.services[0]
+    (cand,) = res.candidates
+    assert (cand.site_id, cand.site_name, cand.country) == ("site-a", "Site A", "IT")
+    assert (cand.service_id, cand.service_type, cand.endpoint, cand.region) == (
+        svc.id,
+        svc.type,
+        svc.endpoint,
+        "RegionOne",
+    )
+    assert list(cand.identity_providers) == list(svc.identity_providers)
+    assert cand.cost == svc.cost and dict(cand.properties) == {"tier": "gold"}
+    # Smallest first (GPUs, then CPUs, ...), as the site view lists them by id.
+    assert [f.id for f in cand.flavors] == ["1", "2"]
+    assert list(cand.flavors) == _no_freshness(sorted(svc.flavors, key=lambda f: f.gpus))
+    assert list(cand.images) == _no_freshness(svc.images)
+    assert list(cand.quotas) == _no_freshness(svc.quotas)
+    assert cand.status == site.summary.status == pb.STATUS_UP
+    assert list(cand.health) == list(site.summary.health) and cand.health[0].message == "ok"
+    assert cand.freshness == svc.freshness and not cand.freshness.stale
+    # instances 10 - 1 = 9, cores (20 - 2) // 2 = 9 for the smallest flavor (2 CPUs).
+    assert cand.free_instances == 9
+    assert reg.find(cpus=1).candidates[0].free_instances == -1  # no tenant: not checked
+    # What was assembled is a canonical message: it survives a round trip unchanged.
+    assert pb.Candidates.FromString(res.SerializeToString(deterministic=True)) == res
+
+    # Exclusions carry the reason, and a tenant without room is told how much it has.
+    none = reg.find(cpus=64)
+    assert not none.candidates
+    assert [(x.service_id, x.reason) for x in none.excluded] == [
+        ("site-a.nova", "no current flavor with >= 64 CPUs")
+    ]
+    full = reg.find(cpus=8, tenant="vo.example.eu", instances=5)
+    assert [x.reason for x in full.excluded] == [
+        "quota: tenant 'vo.example.eu' has room for 2 instance(s) of flavor gpu, 5 needed"
+    ]
+
+
+def test_placement_state_kept_in_step_with_reports(op, request):
+    """A replica's placement state is patched site by site as reports arrive; after every
+    report it answers exactly what a replica that loads everything afresh answers."""
+    from hdc_infoprovider import placement
+
+    url = request.getfixturevalue("postgres_url")
+    registry = Registry(
+        **registry_settings(
+            op,
+            {"agent-a": "site-a", "agent-b": "site-b"},
+            database_url=url,
+            bus_url=f"memory:///ip-{uuid.uuid4().hex[:8]}",
+        )  # fmt: skip
+    ).start()
+    sessions = registry.components.background[0].sessions
+    kept = placement.Catalog()
+    queries = [
+        pb.Requirements(cpus=1, tenant="vo.example.eu"),
+        pb.Requirements(gpu=pb.GpuRequirement(count=1), image=pb.ImageRequirement(os_distribution="ubuntu")),
+        pb.Requirements(include_unhealthy=True, max_flavors_per_candidate=1),
+    ]  # fmt: skip
+
+    def same_answers() -> None:
+        for req in queries:
+            with sessions() as s:
+                mine = placement.find_candidates(s, req, kept)
+                fresh = placement.find_candidates(s, req, placement.Catalog())
+            mine.ClearField("evaluated_at")
+            fresh.ClearField("evaluated_at")
+            assert mine == fresh, req
+
+    def send(agent: str, site: str, ago: float, **changes: Any) -> frozenset[str] | None:
+        """Report, compare; what the kept state re-read (None: everything)."""
+        doc = report(created_ago_s=ago, validity=changes.pop("validity", 600))
+        doc["site"]["id"] = site
+        doc["services"][0].update(changes.pop("service", {}))
+        doc.update(changes)
+        resp = registry.http.post(
+            "/v1/reports", json=doc, headers={"Authorization": f"Bearer {op.issue_token(agent)}"}
+        )
+        assert resp.status_code == 202, resp.text
+        same_answers()
+        return kept._live.changed if kept._live is not None else None
+
+    try:
+        send("agent-a", "site-a", 60)
+        assert send("agent-b", "site-b", 60) is None  # a new site: everything reloaded
+        quotas = report()["services"][0]["quotas"]
+        quotas[0]["usage"] = {"instances": 9, "cores": 19}  # usage only: the site is patched
+        assert send("agent-a", "site-a", 50, service={"quotas": quotas}) == {"site-a.nova"}
+        assert send("agent-b", "site-b", 40, validity=120) == {"site-b.nova"}  # freshness
+        unhealthy = [{"component": "openstack", "healthy": False}]
+        assert send("agent-a", "site-a", 30, health=unhealthy) == {"site-a.nova"}
+        assert send("agent-a", "site-a", 20, service={"flavors": []}) is None  # catalog moved
+        # A service's own content (here its health flag) is catalog too: reloaded.
+        assert send("agent-b", "site-b", 10, service={"healthy": False}) is None
+        quotas[0]["usage"] = {"instances": 3}
+        changed = send("agent-a", "site-a", 5, service={"flavors": [], "quotas": quotas})
+        assert changed == {"site-a.nova"}
+    finally:
+        registry.stop()

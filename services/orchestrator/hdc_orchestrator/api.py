@@ -3,6 +3,7 @@ here: identity, visibility, template checks, state rules, and the INDIGO JSON sh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import socket
@@ -32,6 +33,7 @@ from hdc_orchestrator.engine import IN_PROGRESS, Conflict, Engine
 from hdc_orchestrator.hybrid import PlanError, plan_overlay
 from hdc_orchestrator.models import CallbackDelivery, Deployment, DeploymentEvent, Resource
 from hdc_orchestrator.placement import PlacementError
+from hdc_orchestrator.pools import once_more_if_disconnected, reads, writes
 from hdc_orchestrator.redact import redact, redact_text
 from hdc_orchestrator.settings import OrchestratorSettings
 from hdc_orchestrator.tosca import TemplateError, validate_template
@@ -51,6 +53,16 @@ SORT_FIELDS = {
     "updateTime": Deployment.updated_at,
     "status": Deployment.status,
 }
+# What the deployment JSON shows (and visibility needs): the hot reads (GET one, list) fetch
+# just these columns as plain rows, without building ORM objects.
+_SHOWN = tuple(
+    getattr(Deployment, name)
+    for name in (
+        "uuid", "created_at", "updated_at", "physical_id", "status", "status_reason",
+        "status_reasons", "outputs", "task", "callback", "user_group", "cloud_provider_name",
+        "cloud_provider_endpoint", "owner_issuer", "owner_subject", "secret_values", "version",
+    )
+)  # fmt: skip
 SSE_POLL_S = 0.3
 SSE_MAX_S = 600.0
 
@@ -61,6 +73,12 @@ class AppState:
     sessions: sessionmaker[Session]
     engine: Engine
     verifier: InternalTokenVerifier
+    # A pool of its own for GET handlers, so that a read never waits for a connection
+    # held by a worker or a write (None: share `sessions`).
+    read_sessions: sessionmaker[Session] | None = None
+
+    def read_session(self) -> Session:
+        return (self.read_sessions or self.sessions)()
 
 
 # Set per request by the app's middleware, so several apps can live in one process.
@@ -116,7 +134,10 @@ def _visible(identity: Identity) -> Any:
 
 
 def _load(s: Session, identity: Identity, uuid: str) -> Deployment:
-    d = s.get(Deployment, uuid)
+    return _visible_or_404(identity, uuid, s.get(Deployment, uuid))
+
+
+def _visible_or_404(identity: Identity, uuid: str, d: Any) -> Any:
     # Someone else's deployment is "not found": its existence is not the caller's business.
     if d is None or not identity.can_see(d.owner_subject, d.owner_issuer, d.user_group):
         raise _not_found(uuid)
@@ -233,6 +254,7 @@ def configuration() -> Any:
 # ---------------------------------------------------------------------- deployments
 
 
+@reads
 def list_deployments(
     created_by: str | None = None,
     user_group: str | None = None,
@@ -259,10 +281,10 @@ def list_deployments(
     if user_group:
         where.append(Deployment.user_group == user_group)
     order = column.desc() if direction == "desc" else column.asc()
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         total = s.scalar(sa.select(sa.func.count()).select_from(Deployment).where(*where)) or 0
-        rows = s.scalars(
-            sa.select(Deployment)
+        rows = s.execute(
+            sa.select(*_SHOWN)
             .where(*where)
             .order_by(order, Deployment.uuid)
             .offset(page * size)
@@ -276,6 +298,7 @@ def list_deployments(
     )
 
 
+@writes
 def create_deployment(body: dict[str, Any], dry_run: bool = False) -> Any:
     identity = _caller()
     st = _state()
@@ -352,13 +375,16 @@ def _replay(st: AppState, identity: Identity, key: str, digest: str) -> Any:
         )
 
 
+@reads
 def get_deployment(deployment_id: str) -> Any:
     identity = _caller()
-    with _state().sessions() as s:
-        d = _load(s, identity, deployment_id)
+    with _state().read_session() as s:
+        row = s.execute(sa.select(*_SHOWN).where(Deployment.uuid == deployment_id)).first()
+        d = _visible_or_404(identity, deployment_id, row)
         return deployment_json(d, _base()), 200, {"ETag": _etag(d)}
 
 
+@writes
 def update_deployment(deployment_id: str, body: dict[str, Any]) -> Any:
     _caller()
     st = _state()
@@ -372,6 +398,7 @@ def update_deployment(deployment_id: str, body: dict[str, Any]) -> Any:
     return None, 202
 
 
+@writes
 def patch_deployment(deployment_id: str, body: dict[str, Any]) -> Any:
     st = _state()
     _change(
@@ -380,22 +407,25 @@ def patch_deployment(deployment_id: str, body: dict[str, Any]) -> Any:
     return None, 204
 
 
+@writes
 def delete_deployment(deployment_id: str, force: bool = False) -> Any:
     st = _state()
     _change(deployment_id, lambda s, d: st.engine.request_delete(s, d, force))
     return None, 204
 
 
+@reads
 def get_template(deployment_id: str) -> Any:
     identity = _caller()
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         d = _load(s, identity, deployment_id)
         return d.template, 200, {"Content-Type": "text/plain"}
 
 
+@reads
 def get_log(deployment_id: str) -> Any:
     identity = _caller()
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         d = _load(s, identity, deployment_id)
         rows = s.scalars(
             sa.select(DeploymentEvent)
@@ -420,9 +450,10 @@ def get_log(deployment_id: str) -> Any:
         return "\n".join(lines) + ("\n" if lines else ""), 200, {"Content-Type": "text/plain"}
 
 
+@reads
 def get_extrainfo(deployment_id: str) -> Any:
     identity = _caller()
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         d = _load(s, identity, deployment_id)
         infos = [
             {
@@ -437,9 +468,10 @@ def get_extrainfo(deployment_id: str) -> Any:
         return json.dumps(infos), 200, {"Content-Type": "text/plain"}
 
 
+@reads
 def get_placement(deployment_id: str) -> Any:
     identity = _caller()
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         d = _load(s, identity, deployment_id)
         tried = [
             {
@@ -459,9 +491,10 @@ def get_placement(deployment_id: str) -> Any:
         }
 
 
+@reads
 def get_callbacks(deployment_id: str) -> Any:
     identity = _caller()
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         d = _load(s, identity, deployment_id)
         rows = s.scalars(
             sa.select(CallbackDelivery)
@@ -471,6 +504,7 @@ def get_callbacks(deployment_id: str) -> Any:
         return {"callback": d.callback, "deliveries": [callback_json(c) for c in rows]}
 
 
+@reads
 def get_events(deployment_id: str, after: int | None = None) -> Any:
     identity = _caller()
     st = _state()
@@ -480,7 +514,7 @@ def get_events(deployment_id: str, after: int | None = None) -> Any:
         if not last_id.strip().isdigit():
             raise _bad(f"Last-Event-ID '{last_id}' must be an event id (an integer)")
         start = max(start, int(last_id))
-    with st.sessions() as s:
+    with st.read_session() as s:
         d = _load(s, identity, deployment_id)
         secrets = list(d.secret_values or [])
         if "text/event-stream" not in request.headers.get("Accept", ""):
@@ -498,6 +532,12 @@ def get_events(deployment_id: str, after: int | None = None) -> Any:
     )
 
 
+def _poll(st: AppState, uuid: str, after: int) -> tuple[list[DeploymentEvent], str | None]:
+    with st.read_session() as s:
+        rows = _events_after(s, uuid, after)
+        return rows, s.scalar(sa.select(Deployment.status).where(Deployment.uuid == uuid))
+
+
 def _events_after(s: Session, uuid: str, after: int) -> list[DeploymentEvent]:
     return list(
         s.scalars(
@@ -512,9 +552,7 @@ def _sse(st: AppState, uuid: str, after: int, secrets: list[str]) -> Iterator[by
     """Replay then follow; ends when the deployment leaves *_IN_PROGRESS or is deleted."""
     deadline = time.monotonic() + SSE_MAX_S
     while time.monotonic() < deadline:
-        with st.sessions() as s:
-            rows = _events_after(s, uuid, after)
-            status = s.scalar(sa.select(Deployment.status).where(Deployment.uuid == uuid))
+        rows, status = once_more_if_disconnected(functools.partial(_poll, st, uuid, after))
         for e in rows:
             after = e.id
             data = json.dumps(event_json(e, secrets))
@@ -537,12 +575,13 @@ def _resources(d: Deployment, typ: str | None) -> list[Resource]:
     return rows
 
 
+@reads
 def list_resources(
     deployment_id: str, type_: str | None = None, page: int = 0, size: int = 10
 ) -> Any:
     identity = _caller()
     _check_page(page, size)
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         d = _load(s, identity, deployment_id)
         rows = _resources(d, type_)
         base = _base()
@@ -560,9 +599,10 @@ def list_resources(
         )
 
 
+@reads
 def filter_resources(deployment_id: str, type_: str) -> Any:
     identity = _caller()
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         d = _load(s, identity, deployment_id)
         base = _base()
         return [resource_json(r, base, d.secret_values or []) for r in _resources(d, type_)]
@@ -579,13 +619,15 @@ def _resource(d: Deployment, resource_id: str) -> Resource:
     return r
 
 
+@reads
 def get_resource(deployment_id: str, resource_id: str) -> Any:
     identity = _caller()
-    with _state().sessions() as s:
+    with _state().read_session() as s:
         d = _load(s, identity, deployment_id)
         return resource_json(_resource(d, resource_id), _base(), d.secret_values or [])
 
 
+@writes
 def resource_action(deployment_id: str, resource_id: str, body: dict[str, Any]) -> Any:
     st = _state()
     _change(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,30 @@ class WithState:
             current_state.reset(token)
 
 
+class ServerTiming:
+    """Adds `Server-Timing: app;dur=<ms>` (W3C Server-Timing): the time from the request's
+    arrival to its response, so a client can tell server time from network and its own."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - start) * 1000
+                headers = list(message.get("headers") or [])
+                headers.append((b"server-timing", f"app;dur={ms:.2f}".encode()))
+                message = message | {"headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, timed)
+
+
 def create_app(state: AppState, readiness: list[Any] | None = None) -> Any:
     app = create_openapi_app(SPEC, service="orchestrator", readiness=readiness or [])
-    return WithState(IndigoErrors(app), state)
+    return ServerTiming(WithState(IndigoErrors(app), state))

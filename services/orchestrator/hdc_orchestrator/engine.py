@@ -18,13 +18,14 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 from hdc_common.identity import Identity
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, joinedload, undefer
 
 from hdc_orchestrator.hybrid import HUB_TYPES, SITE_TYPES, PlanError, plan_overlay, router_script
 from hdc_orchestrator.models import Attempt, CallbackDelivery, Deployment, DeploymentEvent, Resource
 from hdc_orchestrator.placement import PlacementClient, PlacementError, ranked_candidates, site_of
 from hdc_orchestrator.redact import redact, redact_text
 from hdc_orchestrator.settings import OrchestratorSettings
+from hdc_orchestrator.site_groups import group_of, group_tosca, merge_outputs, overlay_outputs
 from hdc_orchestrator.tosca import ValidatedTemplate
 from hdc_orchestrator.views import deployment_json, endpoint_json
 from hdc_orchestrator.vrouter_client import VRouterClient, VRouterError
@@ -40,7 +41,15 @@ UPDATE_FAILED = "UPDATE_FAILED"
 DELETE_IN_PROGRESS = "DELETE_IN_PROGRESS"
 DELETE_COMPLETE = "DELETE_COMPLETE"
 DELETE_FAILED = "DELETE_FAILED"
+# The orchestrator lost track of what exists at the site (see Engine._lost_track).
+UNKNOWN = "UNKNOWN"
 IN_PROGRESS = (CREATE_IN_PROGRESS, UPDATE_IN_PROGRESS, DELETE_IN_PROGRESS)
+# Statuses of a deployment that runs and has nothing in flight.
+SETTLED = (CREATE_COMPLETE, UPDATE_COMPLETE, UPDATE_FAILED)
+# Infrastructure states the im reports (`im.infrastructure.state`) that are not "unknown".
+KNOWN_INFRA_STATES = frozenset(
+    {"pending", "running", "configured", "unconfigured", "stopped", "off", "failed"}
+)
 
 PLACE_COMMAND = "orchestrator.deployment.place"
 _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -219,7 +228,12 @@ class Engine:
         d = s.get(
             Deployment,
             uuid,
-            options=[joinedload(Deployment.attempts), joinedload(Deployment.resources)],
+            options=[
+                joinedload(Deployment.attempts),
+                joinedload(Deployment.resources),
+                # The first attempt's command needs it: one query instead of two.
+                undefer(Deployment.resolved_template),
+            ],
         )
         if d is None or d.status != CREATE_IN_PROGRESS or d.attempts or d.placement:
             return  # already placed (a redelivery) or deleted meanwhile
@@ -267,6 +281,9 @@ class Engine:
         self.start_attempt(s, d, 0)
 
     def start_attempt(self, s: Session, d: Deployment, index: int) -> None:
+        if d.requirements.get("site_groups"):
+            self._start_site_groups(s, d)
+            return
         cand = ranked_candidates(d.placement)[index]
         t = now()
         site = site_of(cand)
@@ -312,6 +329,117 @@ class Engine:
                 self.attempt_failed(s, d, attempt, str(exc))
                 return
         self.bus.send(s, "im", "im.infrastructure.create", command)
+
+    def _start_site_groups(self, s: Session, d: Deployment) -> None:
+        """A template spread over several sites (site_groups.py): its one attempt makes one
+        infrastructure per site, all at once, each with its part of the template."""
+        groups = d.requirements["site_groups"]
+        ranked = ranked_candidates(d.placement)
+        chosen = []
+        for g in groups:
+            cand = next((c for c in ranked if c["siteId"] == g["site"]), None)
+            if cand is None:
+                why = "; ".join(
+                    x["message"]
+                    for c in (d.placement or {}).get("candidates", [])
+                    if c.get("siteId") == g["site"]
+                    for x in c.get("discarded", [])
+                )
+                reason = f"Site {g['site']} cannot host its part of the deployment"
+                self.set_status(s, d, CREATE_FAILED, f"{reason} ({why or 'no service found'})")
+                return
+            chosen.append((g, cand))
+        t = now()
+        d.task = "DEPLOYER"
+        self.touch(d)
+        attempts = []
+        for number, (g, cand) in enumerate(chosen, start=1):
+            site = site_of(cand)
+            a = Attempt(
+                deployment_uuid=d.uuid,
+                number=number,
+                infrastructure_id=str(uuidlib.uuid4()),
+                site_id=site["id"],
+                service_id=site.get("service_id", ""),
+                site=site,
+                started_at=t,
+                deadline_at=t + self.minutes(d.provider_timeout_mins),
+                state="RUNNING",
+                infra_state="active",
+            )
+            d.attempts.append(a)
+            attempts.append((a, g, cand))
+            nodes = ", ".join(g["nodes"])
+            self.record(
+                s, d, "attempt.started", f"attempt {number} on {site['id']}: {nodes}", a.site_id
+            )
+        for r in d.resources:
+            r.state, r.updated_at = "CREATING", t
+        extra = None
+        if is_hybrid(d):
+            try:  # one overlay for every site's routers, kept on the first site's attempt
+                extra = self._prepare_overlay(s, d, attempts[0][0])
+            except (PlanError, VRouterError) as exc:
+                self.attempt_failed(s, d, attempts[0][0], f"vRouter overlay: {exc}")
+                return
+        for a, g, cand in attempts:
+            part = d.requirements | {
+                "compute_nodes": [n for n in d.requirements["compute_nodes"] if n in g["nodes"]]
+            }
+            command = {
+                "infrastructure_id": a.infrastructure_id,
+                "deployment_id": d.uuid,
+                "site": a.site,
+                "tosca": customise_tosca(group_tosca(d.resolved_template, g["nodes"]), cand, part),
+                "owner": {"subject": d.owner_subject, "issuer": d.owner_issuer},
+            }
+            if extra:
+                command["user_data_extra"] = extra
+            self.bus.send(s, "im", "im.infrastructure.create", command)
+
+    def _abandon_site_groups(self, s: Session, d: Deployment, a: Attempt) -> None:
+        """One site of a multi-site deployment failed: the others go too (no fail-over: the
+        template named its sites)."""
+        t = now()
+        for x in d.attempts:
+            if x.state == "RUNNING":
+                x.state, x.finished_at = "ABORTED", t
+            if d.keep_last_attempt:
+                x.infra_state = "kept"
+            else:
+                self.delete_infrastructure(s, d, x)
+        for r in d.resources:
+            r.state, r.updated_at = "ERROR", t
+        sites = ", ".join(x.site_id for x in d.attempts)
+        self.set_status(
+            s,
+            d,
+            CREATE_FAILED,
+            f"Error deploying on {a.site_id}: {a.error} (the deployment spans {sites}; "
+            "every site's part was removed)",
+            a.site_id,
+        )
+
+    def _site_group_configured(
+        self, s: Session, d: Deployment, a: Attempt, data: dict[str, Any]
+    ) -> None:
+        t = now()
+        a.state, a.finished_at = "SUCCEEDED", t
+        self.touch(d)
+        group = d.requirements["site_groups"][a.number - 1]
+        outputs = redact(data.get("outputs") or {}, d.secret_values or [])
+        d.outputs = merge_outputs(d.outputs or {}, outputs)
+        _apply_vms(d, data.get("vms") or [], t, nodes=set(group["nodes"]))
+        self.record(s, d, "attempt.succeeded", f"attempt {a.number} configured", a.site_id)
+        if any(x.state != "SUCCEEDED" for x in d.attempts):
+            return
+        first = min(d.attempts, key=lambda x: x.number)
+        d.physical_id = first.infrastructure_id
+        d.cloud_provider_name = first.site_id
+        d.cloud_provider_endpoint = endpoint_json(first)
+        if first.vrouter:
+            _apply_overlay(d, first.vrouter)
+        self.set_status(s, d, CREATE_COMPLETE, None, first.site_id)
 
     # ------------------------------------------------------------------ hybrid (vRouter)
 
@@ -426,6 +554,9 @@ class Engine:
             },
             subject=d.uuid,
         )
+        if d.requirements.get("site_groups"):
+            self._abandon_site_groups(s, d, a)
+            return
         if last and d.keep_last_attempt:
             a.infra_state = "kept"
             self.record(s, d, "attempt.kept", "keepLastAttempt: resources left in place", a.site_id)
@@ -462,6 +593,9 @@ class Engine:
         infra_id = data.get("infrastructure_id")
         if not infra_id:
             return
+        if event_type == "im.infrastructure.progress":
+            self._progress(s, str(infra_id), data)
+            return
         # One round trip for the attempt, its deployment and the collections steps touch.
         owner = sa.select(Attempt.deployment_uuid).where(Attempt.infrastructure_id == infra_id)
         d = (
@@ -479,11 +613,8 @@ class Engine:
         kind = event_type.rsplit(".", 1)[-1]
         if event_type == "im.vm.state":
             self._vm_state(s, d, data)
-        elif kind == "progress":
-            # History only: no version bump, so progress never races a real transition.
-            if a.state == "RUNNING":
-                msg = data.get("message") or data.get("state") or "progress"
-                self.record(s, d, "provider.progress", str(msg), a.site_id)
+        elif event_type == "im.infrastructure.state":
+            self._infra_state(s, d, a, data)
         elif kind == "configured":
             self._configured(s, d, a, data)
         elif kind == "failed":
@@ -493,9 +624,39 @@ class Engine:
         elif kind == "deleted":
             self._deleted(s, d, a)
 
+    def _progress(self, s: Session, infra_id: str, data: dict[str, Any]) -> None:
+        """History only, and the commonest im event: one narrow query, no ORM graph. No
+        version bump either, so progress never races a real transition."""
+        row = s.execute(
+            sa.select(
+                Attempt.state,
+                Attempt.site_id,
+                Deployment.uuid,
+                Deployment.status,
+                Deployment.secret_values,
+            )
+            .join(Deployment, Deployment.uuid == Attempt.deployment_uuid)
+            .where(Attempt.infrastructure_id == infra_id)
+        ).first()
+        if row is None or row.state != "RUNNING":
+            return  # not ours, purged, or already settled
+        msg = str(data.get("message") or data.get("state") or "progress")
+        s.add(
+            DeploymentEvent(
+                deployment_uuid=row.uuid,
+                at=now(),
+                kind="provider.progress",
+                status=row.status,
+                provider=row.site_id,
+                message=redact_text(msg, row.secret_values or []),
+            )
+        )
+
     def _configured(self, s: Session, d: Deployment, a: Attempt, data: dict[str, Any]) -> None:
         if a.state == "SUCCEEDED":
-            return  # redelivered
+            # Already applied; from an infrastructure we had lost track of, it is news.
+            self._regained(s, d, a, "configured")
+            return
         if a.state != "RUNNING" or d.status != CREATE_IN_PROGRESS:
             # Too late (timed out, aborted by a delete): it must not linger at the site.
             self.touch(d)
@@ -504,6 +665,9 @@ class Engine:
             if a.infra_state == "deleted":
                 a.infra_state = "active"  # the im deleted before it finished creating
             self.delete_infrastructure(s, d, a)
+            return
+        if d.requirements.get("site_groups"):
+            self._site_group_configured(s, d, a, data)
             return
         t = now()
         a.state, a.finished_at = "SUCCEEDED", t
@@ -550,6 +714,10 @@ class Engine:
     def _deleted(self, s: Session, d: Deployment, a: Attempt) -> None:
         if a.infra_state == "deleted":
             return
+        if a.state == "SUCCEEDED" and a.infra_state in ("active", "unknown"):
+            # Nobody here asked for it: the infrastructure was removed behind our back.
+            self._lost_track(s, d, a, "deleted", "no longer exists (deleted outside hdc)")
+            return
         a.infra_state = "deleted"
         self.touch(d)
         self.record(
@@ -557,6 +725,79 @@ class Engine:
         )
         if d.status == DELETE_IN_PROGRESS and all(x.infra_state == "deleted" for x in d.attempts):
             self.finish_delete_unless_overlays_left(s, d)
+
+    # ------------------------------------------------------------------ UNKNOWN
+
+    def _infra_state(self, s: Session, d: Deployment, a: Attempt, data: dict[str, Any]) -> None:
+        """`im.infrastructure.state`: what the im currently knows of a running infrastructure
+        (its periodic look at the site). Attempts still being created have their own
+        timeouts, and ones being deleted are going anyway: only live ones matter here."""
+        if a.state != "SUCCEEDED" or a.infra_state not in ("active", "unknown"):
+            return
+        state = str(data.get("state") or "").lower()
+        detail = str(data.get("message") or data.get("error") or "").strip()
+        if state == "unknown":
+            why = "state cannot be determined by the infrastructure manager"
+            self._lost_track(s, d, a, "unknown", f"{why}: {detail}" if detail else why)
+        elif state == "deleted":
+            self._lost_track(s, d, a, "deleted", "no longer exists (the im reports it deleted)")
+        elif state in KNOWN_INFRA_STATES:
+            self._regained(s, d, a, state)
+
+    def _lost_track(
+        self, s: Session, d: Deployment, a: Attempt, infra_state: str, why: str
+    ) -> None:
+        """A live infrastructure is unknown or gone: the deployment's state cannot be
+        determined, so it becomes UNKNOWN (INDIGO's meaning). DELETE still works from there;
+        an unknown infrastructure that the im sees again brings the old status back
+        (`_regained`), a vanished one stays UNKNOWN until the deployment is deleted."""
+        if a.infra_state == infra_state:
+            return
+        a.infra_state = infra_state
+        self.touch(d)
+        reason = f"Infrastructure {a.infrastructure_id} on {a.site_id} {why}"
+        self.record(s, d, f"infrastructure.{infra_state}", reason, a.site_id)
+        if infra_state == "deleted":
+            live = [x for x in d.attempts if x.state == "SUCCEEDED" and x.infra_state != "deleted"]
+            if not live:
+                t = now()
+                for r in d.resources:
+                    r.state, r.updated_at = "DELETED", t
+        if d.status == UPDATE_IN_PROGRESS and infra_state == "deleted":
+            d.pending_template = None  # nothing left to update
+        elif d.status not in SETTLED:
+            return  # in flight (its timeouts apply), already UNKNOWN, or being deleted
+        self.set_status(s, d, UNKNOWN, reason, a.site_id)
+
+    def _regained(self, s: Session, d: Deployment, a: Attempt, state: str) -> None:
+        if a.infra_state != "unknown":
+            return
+        a.infra_state = "active"
+        self.touch(d)
+        self.record(
+            s,
+            d,
+            "infrastructure.known",
+            f"Infrastructure {a.infrastructure_id} on {a.site_id} is {state} again",
+            a.site_id,
+        )
+        lost = [x for x in d.attempts if x.state == "SUCCEEDED" and x.infra_state != "active"]
+        if d.status == UNKNOWN and not lost:
+            self.set_status(s, d, self._status_before_unknown(s, d), None, a.site_id)
+
+    def _status_before_unknown(self, s: Session, d: Deployment) -> str:
+        """The settled status the deployment had before UNKNOWN (from its history)."""
+        previous = s.scalar(
+            sa.select(DeploymentEvent.status)
+            .where(
+                DeploymentEvent.deployment_uuid == d.uuid,
+                DeploymentEvent.kind == "status",
+                DeploymentEvent.status.in_(SETTLED),
+            )
+            .order_by(DeploymentEvent.id.desc())
+            .limit(1)
+        )
+        return previous or CREATE_COMPLETE
 
     def _vm_state(self, s: Session, d: Deployment, data: dict[str, Any]) -> None:
         vm_id, state = data.get("vm_id"), str(data.get("state") or "")
@@ -633,6 +874,10 @@ class Engine:
     ) -> None:
         if d.status not in (CREATE_COMPLETE, UPDATE_COMPLETE, UPDATE_FAILED):
             raise Conflict(f"cannot update a deployment in {d.status} state")
+        if d.requirements.get("site_groups"):
+            raise Conflict(
+                "a deployment spread over several sites cannot be updated; create a new one"
+            )
         current = next((a for a in d.attempts if a.state == "SUCCEEDED"), None)
         if current is None:
             raise Conflict("the deployment has no running infrastructure to update")
@@ -682,6 +927,11 @@ class Engine:
         if d.status not in (CREATE_COMPLETE, UPDATE_COMPLETE, UPDATE_FAILED):
             raise Conflict(f"cannot {action} a resource while the deployment is {d.status}")
         current = next((a for a in d.attempts if a.state == "SUCCEEDED"), None)
+        groups = d.requirements.get("site_groups")
+        if groups:  # the infrastructure on the resource's own site
+            group = group_of(groups, r.node_name)
+            number = groups.index(group) + 1 if group else 0
+            current = next((a for a in d.attempts if a.number == number), None)
         if current is None or not r.physical_id:
             raise Conflict(f"resource {r.uuid} ({r.node_name}) has no virtual machine to {action}")
         r.state = "STARTING" if action == "start" else "STOPPING"
@@ -788,7 +1038,11 @@ def owner_identity(d: Deployment) -> Identity:
 
 def _apply_overlay(d: Deployment, record: dict[str, Any]) -> None:
     """The overlay id in outputs; each router host's site/subnet in its VM's extra info."""
-    d.outputs = (d.outputs or {}) | {"vrouter_overlay_id": record["overlay_id"]}
+    d.outputs = (
+        (d.outputs or {})
+        | overlay_outputs(d.resolved_template, record)
+        | {"vrouter_overlay_id": record["overlay_id"]}
+    )
     by_host = {x["host"]: (node, x) for node, x in record["sites"].items()}
     for r in d.resources:
         hit = by_host.get(r.node_name)
@@ -863,11 +1117,16 @@ def _rebuild_resources(d: Deployment, nodes: list[dict[str, Any]], t: datetime) 
     d.resources = keep
 
 
-def _apply_vms(d: Deployment, vms: list[dict[str, Any]], t: datetime) -> None:
+def _apply_vms(
+    d: Deployment, vms: list[dict[str, Any]], t: datetime, nodes: set[str] | None = None
+) -> None:
+    """The im's VMs onto the resources (of `nodes` only, when one site reported them)."""
     by_node: dict[str, list[dict[str, Any]]] = {}
     for vm in vms:
         by_node.setdefault(str(vm.get("node") or ""), []).append(vm)
     for r in d.resources:
+        if nodes is not None and r.node_name not in nodes:
+            continue
         queue = by_node.get(r.node_name)
         if queue:
             vm = queue.pop(0)
@@ -906,6 +1165,8 @@ def customise_tosca(resolved: str, candidate: dict[str, Any], req: dict[str, Any
             caps["os"] = os_
             props = os_.setdefault("properties", {}) or {}
             os_["properties"] = props
-            if props.get("image"):
+            # The node asked for an image (by name, or by OS/CUDA, which placement matched):
+            # it boots the one placement chose. Nodes that asked for none get the site's.
+            if any(props.get(k) for k in ("image", "type", "distribution", "version")):
                 props["image"] = image
     return yaml.dump(tpl, Dumper=_DUMPER, sort_keys=False)

@@ -75,7 +75,9 @@ class Deployment(Versioned, Base):
         sa.UniqueConstraint(
             "owner_issuer", "owner_subject", "idempotency_key", name="uq_orch_idem"
         ),
-        sa.Index("ix_orch_owner", "owner_issuer", "owner_subject"),
+        # The list's filters, newest first (migration 0003).
+        sa.Index("ix_orch_owner_created", "owner_issuer", "owner_subject", "created_at"),
+        sa.Index("ix_orch_group_created", "user_group", "created_at"),
     )
 
 
@@ -135,10 +137,12 @@ class DeploymentEvent(Base):
     """Append-only history: every state change and provider attempt."""
 
     __tablename__ = "orch_events"
+    # One deployment's history after an id (log, events, SSE polling).
+    __table_args__ = (sa.Index("ix_orch_events_deployment_id", "deployment_uuid", "id"),)
 
     id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
     deployment_uuid: Mapped[str] = mapped_column(
-        sa.ForeignKey("orch_deployments.uuid", ondelete="CASCADE"), nullable=False, index=True
+        sa.ForeignKey("orch_deployments.uuid", ondelete="CASCADE"), nullable=False
     )
     at: Mapped[datetime] = mapped_column(TS, nullable=False)
     kind: Mapped[str] = mapped_column(sa.String(64), nullable=False)

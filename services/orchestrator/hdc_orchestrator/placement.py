@@ -11,6 +11,7 @@ gRPC does not check it today; it gets the same metadata, so both collaborators s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from hdc_common.grpc import insecure_channel
 from hdc_common.identity import Identity
 
 from hdc_orchestrator.acting_identity import OwnerSigner
+from hdc_orchestrator.settings import SlaSetting
 
 # Map the infoprovider's service types to the im's site types.
 SITE_TYPES = {
@@ -63,6 +65,7 @@ def requirements_message(req: dict[str, Any], tenant: str) -> ip_pb2.Requirement
         tenant=tenant,
         instances=int(req.get("instances") or 0),
         site_ids=list(req.get("site_ids") or []),
+        service_types=list(req.get("service_types") or []),
         exclude_site_ids=list(req.get("exclude_site_ids") or []),
     )
 
@@ -76,9 +79,11 @@ class PlacementClient:
         tenant: str = "",
         *,
         private_key_pem: str = "",
+        slas: Sequence[SlaSetting] = (),
     ) -> None:
         self._deadline = deadline_s
         self._tenant = tenant
+        self._slas = list(slas)
         # Without a key the calls go unsigned, and a real ranker refuses them (UNAUTHENTICATED
         # names the cause; the deployment fails with it rather than retrying).
         self._signer = OwnerSigner(private_key_pem)
@@ -108,16 +113,41 @@ class PlacementClient:
             raise _error("infoprovider", exc) from None
         rank_req = ranker_pb2.RankRequest(
             requirements=ranker_pb2.Requirements.FromString(req.SerializeToString()),
+            slas=sla_messages(self._slas, owner),
             candidates=[
                 ranker_pb2.Candidate.FromString(c.SerializeToString()) for c in found.candidates
             ],
             deployment_id=deployment_id,
         )
+        # Ranker-only (the infoprovider has no SLAs): the template's SlaPlacement policies.
+        rank_req.requirements.sla_ids.extend(str(x) for x in requirements.get("sla_ids") or [])
         try:
             ranked = self._ranker.Rank(rank_req, timeout=self._deadline, metadata=meta)
         except grpc.RpcError as exc:
             raise _error("ranker", exc) from None
         return placement_json(found, ranked, req)
+
+
+def sla_messages(slas: Sequence[SlaSetting], owner: Identity) -> list[ranker_pb2.Sla]:
+    """The catalogue's SLAs that apply to `owner` (signed for everyone or for their group)."""
+    groups = set(owner.groups)
+    out = []
+    for sla in slas:
+        if sla.user_groups and not groups.intersection(sla.user_groups):
+            continue
+        msg = ranker_pb2.Sla(
+            id=sla.id, site_id=sla.site_id, service_id=sla.service_id, targets=sla.targets
+        )
+        if sla.start is not None:
+            msg.start.FromDatetime(_utc(sla.start))
+        if sla.end is not None:
+            msg.end.FromDatetime(_utc(sla.end))
+        out.append(msg)
+    return out
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _error(who: str, exc: grpc.RpcError) -> PlacementError:

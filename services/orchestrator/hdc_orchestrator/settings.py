@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Literal
+
 from hdc_common.settings import ServiceSettings, service_config
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SlaSetting(BaseModel):
+    """One service level agreement of the operator's catalogue (INDIGO kept them in its
+    SLAM): which site (and service) it covers, its targets, when it is in force, and for
+    whom. Templates name them with `tosca.policies.indigo.SlaPlacement` (`sla_id`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    site_id: str = Field(min_length=1)
+    service_id: str = ""  # empty: every service of the site
+    # Guaranteed amounts, e.g. {"computing_time": 1000, "public_ip": 2} (the ranker's SLA score).
+    targets: dict[str, float] = Field(default_factory=dict)
+    start: datetime | None = None
+    end: datetime | None = None
+    # Groups (deployment userGroup) it was signed for; empty: every user.
+    user_groups: list[str] = Field(default_factory=list)
 
 
 class OrchestratorSettings(ServiceSettings):
     model_config = service_config("orchestrator")
 
     http_port: int = 8101
+    # What this process runs. "all": the API and the workflow workers (bus consumers, the
+    # timeout sweeper, the callback sender). "api" and "workers" split them over processes
+    # (or Kubernetes Deployments) sharing the database and the broker: an API process
+    # then shares neither its interpreter (GIL) nor its event loop with the workers, so
+    # reads stay fast however busy the workflow is. Every role serves the HTTP API (a
+    # "workers" process too, if only for its probes) and relays the outbox.
+    role: Literal["all", "api", "workers"] = "all"
     # gRPC targets of the collaborators.
     infoprovider_target: str = "127.0.0.1:9103"
     ranker_target: str = "127.0.0.1:9104"
@@ -26,6 +54,10 @@ class OrchestratorSettings(ServiceSettings):
     placement_max_tries: int = Field(6, ge=1)
     # Tenant whose quota the infoprovider/ranker check (empty: no quota check).
     tenant: str = ""
+    # The SLA catalogue sent to the ranker with each deployment's requirements (those of the
+    # deployment's group, and those for everyone); a template's SlaPlacement sla_id must
+    # name one of them, or no provider qualifies.
+    slas: list[SlaSetting] = Field(default_factory=list)
     # Defaults for requests that omit them (INDIGO's defaults, in minutes).
     default_timeout_mins: int = Field(720, ge=1)
     delete_timeout_mins: int = Field(60, ge=1)
@@ -42,6 +74,16 @@ class OrchestratorSettings(ServiceSettings):
     callback_max_attempts: int = Field(6, ge=1)
     callback_backoff_s: float = Field(2.0, gt=0)
     callback_timeout_s: float = Field(5.0, gt=0)
+    # API bulkheads: threads for GET handlers (each with a connection of a read-only pool
+    # of its own) and for writes; a burst of writes then never delays a read.
+    api_read_threads: int = Field(16, ge=1, le=256)
+    api_write_threads: int = Field(8, ge=1, le=256)
+    # Seconds the interpreter lets one thread hold the GIL while others wait (Python's
+    # default is 0.005). The orchestrator is I/O-bound: every database or broker round trip
+    # gives the GIL away and must win it back, so under load a short interval cuts the tail
+    # latency of GETs and workers alike. 0 keeps the interpreter's value. The setting is
+    # process-wide (in embedded mode it applies to every service of the process).
+    gil_switch_interval_s: float = Field(0.001, ge=0, le=0.1)
     # Base URL used in links; empty = the URL the request came in on.
     public_url: str = ""
     # Collaborators announced by GET /configuration (INDIGO keys end in _url).

@@ -37,7 +37,8 @@ def _compact(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def deployment_json(d: Deployment, base: str) -> dict[str, Any]:
+def deployment_json(d: Deployment | Any, base: str) -> dict[str, Any]:
+    """`d`: a Deployment, or a row with (at least) the same names (api._SHOWN)."""
     href = f"{base}/deployments/{d.uuid}"
     secrets = d.secret_values or []
     return _compact(

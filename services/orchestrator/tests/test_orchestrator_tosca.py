@@ -116,6 +116,7 @@ def test_gpu_template_requirements_functions_and_policies() -> None:
         "gpu": {"count": 2, "vendor": "NVIDIA", "model": "V100"},
         "infiniband": True, "image": None, "instances": 3,
         "sla_ids": ["sla-42"], "site_ids": ["site-b"],
+        "service_types": ["org.openstack.nova", "openstack", "com.amazonaws.ec2", "ec2", "dummy"],
     }  # fmt: skip
     assert v.requirements["image"] == {
         "name": "ubuntu-20.04", "os_distribution": "ubuntu", "os_version": "20.04",

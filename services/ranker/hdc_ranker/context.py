@@ -1,10 +1,9 @@
 """Everything the filters and scorers of one request see: the request, the columnar
-candidates, the reference time, and computations several plug-ins share (flavor choice,
-the SLAs that cover each candidate)."""
+candidates and user context, the reference time, and computations several plug-ins share
+(flavor choice, quota needs)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
@@ -12,8 +11,7 @@ from typing import Protocol
 import numpy as np
 from hdc.ranker.v1 import ranker_pb2 as pb
 
-from hdc_ranker import wire
-from hdc_ranker.errors import RankInputError
+from hdc_ranker import decode as d
 from hdc_ranker.table import (
     EMPTY_HASH,
     CandidateTable,
@@ -21,8 +19,8 @@ from hdc_ranker.table import (
     pair_key,
     pair_keys,
     text_hash,
-    ts_seconds,
 )
+from hdc_ranker.user_context import UserContext
 
 
 class HistorySource(Protocol):
@@ -36,6 +34,9 @@ class NoHistory:
 
     def success_estimates(self, site_ids: list[str], now: float) -> np.ndarray:
         return np.full(len(site_ids), 0.5)
+
+    def success_by_hash(self, site_hashes: np.ndarray, now: float) -> np.ndarray:
+        return np.full(site_hashes.size, 0.5)
 
 
 @dataclass
@@ -57,6 +58,8 @@ class FlavorMatch:
     any_size: np.ndarray
     any_gpu: np.ndarray
     any_ib: np.ndarray
+    # The most GPUs, CPUs, RAM (MB) and disk (GB) any flavor of the candidate offers.
+    most: np.ndarray
 
 
 class RankContext:
@@ -67,16 +70,20 @@ class RankContext:
         now: float,
         knobs: Knobs,
         history: HistorySource,
+        user: UserContext | None = None,
     ) -> None:
-        # `request` holds everything but the candidates, which are in `table`.
+        # `request` holds everything but the candidates, which are in `table`; its SLAs,
+        # preferences and monitoring are also in `user`, as checked arrays.
         self.request = request
+        self.user = user if user is not None else UserContext(table)
         self.req: pb.Requirements = request.requirements
         self.table = table
         self.n = self.table.n
         self.now = now
         self.knobs = knobs
         self.history = history
-        # Results plug-ins leave for the answer (e.g. "image": chosen image id per candidate).
+        # Results plug-ins leave for the answer (e.g. "image": per candidate, the chosen
+        # image as an index into the table's images, -1 none).
         self.shared: dict[str, object] = {}
 
     @cached_property
@@ -85,43 +92,16 @@ class RankContext:
 
     @cached_property
     def flavor_match(self) -> FlavorMatch:
-        req = self.req
-        ft = self.table.flavors
-        n = self.n
-        size = (ft.cpus >= req.cpus) & (ft.ram_mb >= req.ram_mb) & (ft.disk_gb >= req.disk_gb)
-        gpu = np.ones(len(ft), dtype=bool)
-        if req.gpu.count > 0:
-            gpu = ft.gpus >= req.gpu.count
-            if req.gpu.vendor:
-                gpu &= ft.vendor_hash == np.uint64(text_hash(req.gpu.vendor, lower=True))
-            if req.gpu.model:
-                needle = np.frombuffer(req.gpu.model.lower().encode(), dtype=np.uint8)
-                gpu &= wire.contains_lower(self.table.buf, ft.strs[:, 4], ft.strs[:, 5], needle)
-        ib = ft.infiniband if req.infiniband else np.ones(len(ft), dtype=bool)
-        ok = size & gpu & ib
-
-        def any_per_candidate(mask: np.ndarray) -> np.ndarray:
-            return np.bincount(ft.owner[mask], minlength=n) > 0
-
-        chosen = np.full(n, -1, dtype=np.int64)
-        idx = np.flatnonzero(ok)
-        if idx.size:
-            # Smallest matching flavor: fewest GPUs, then CPUs, RAM, disk (cost goes to the
-            # cost scorer; the smallest flavor that fits wastes the least quota).
-            order = np.lexsort(
-                (ft.disk_gb[idx], ft.ram_mb[idx], ft.cpus[idx], ft.gpus[idx], ft.owner[idx])
-            )
-            sorted_idx = idx[order]
-            owners = ft.owner[sorted_idx]
-            first = np.ones(owners.size, dtype=bool)
-            first[1:] = owners[1:] != owners[:-1]
-            chosen[owners[first]] = sorted_idx[first]
+        """Decided while the flavors were decoded (decode.py, match.py)."""
+        t = self.table
+        fits = t.ints[:, d.C_FITS]
         return FlavorMatch(
-            chosen=chosen,
-            has_flavors=ft.count > 0,
-            any_size=any_per_candidate(size),
-            any_gpu=any_per_candidate(gpu),
-            any_ib=any_per_candidate(ib),
+            chosen=t.ints[:, d.C_FLAVOR_CHOSEN],
+            has_flavors=t.flavors.count > 0,
+            any_size=(fits & d.FITS_SIZE) > 0,
+            any_gpu=(fits & d.FITS_GPU) > 0,
+            any_ib=(fits & d.FITS_INFINIBAND) > 0,
+            most=t.nums[:, d.C_MOST : d.C_MOST + 4],
         )
 
     @cached_property
@@ -131,15 +111,18 @@ class RankContext:
         chosen = self.flavor_match.chosen
         ft = self.table.flavors
         has = chosen >= 0
+        if not len(ft):
+            return (
+                np.full(self.n, float(req.cpus)),
+                np.full(self.n, float(req.ram_mb)),
+                np.full(self.n, float(req.gpu.count)),
+            )
         pick = np.where(has, chosen, 0)
-        cpus = np.full(self.n, float(req.cpus))
-        ram = np.full(self.n, float(req.ram_mb))
-        gpus = np.full(self.n, float(req.gpu.count))
-        if len(ft):
-            cpus = np.where(has, ft.cpus[pick], cpus)
-            ram = np.where(has, ft.ram_mb[pick], ram)
-            gpus = np.where(has, ft.gpus[pick], gpus)
-        return cpus, ram, gpus
+        return (
+            np.where(has, ft.cpus[pick], float(req.cpus)),
+            np.where(has, ft.ram_mb[pick], float(req.ram_mb)),
+            np.where(has, ft.gpus[pick], float(req.gpu.count)),
+        )
 
     @cached_property
     def quota_need(self) -> np.ndarray:
@@ -157,48 +140,23 @@ class RankContext:
     @cached_property
     def probes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every monitoring probe: (monitoring entry index, success rate, response time ms,
-        time in seconds or NaN), read in one pass and checked."""
-        rows = [
-            (k, p.success_rate, p.response_time_ms, p.time.seconds, p.time.nanos)
-            for k, m in enumerate(self.request.monitoring)
-            for p in m.probes
-        ]
-        data = np.array(rows, dtype=np.float64).reshape(len(rows), 5)
-        entry, rate, rt = data[:, 0].astype(np.int64), data[:, 1], data[:, 2]
-        when = np.where(
-            (data[:, 3] == 0) & (data[:, 4] == 0), np.nan, data[:, 3] + data[:, 4] * 1e-9
-        )
-        with np.errstate(invalid="ignore"):
-            bad_rate = ~((rate >= 0) & (rate <= 1))
-            bad_rt = ~((rt >= 0) & np.isfinite(rt))
-        for bad, name, rule in (
-            (bad_rate, "success_rate", "a number in [0, 1]"),
-            (bad_rt, "response_time_ms", "a finite number >= 0"),
-        ):
-            if bad.any():
-                j = int(np.flatnonzero(bad)[0])
-                k = int(entry[j])
-                pos = j - int(np.flatnonzero(entry == k)[0])
-                value = rate[j] if name == "success_rate" else rt[j]
-                raise RankInputError(
-                    f"monitoring[{k}].probes[{pos}].{name} must be {rule}, got {value}"
-                )
-        return entry, rate, rt, when
+        time in seconds or NaN), checked."""
+        u = self.user
+        u.check_probes()
+        return u.probe_owner, u.probe_rate, u.probe_response_ms, u.probe_time
+
+    @cached_property
+    def sla_in_force(self) -> np.ndarray:
+        """Per SLA of the request: is it in force now."""
+        return self.user.slas_in_force(self.now)
 
     @cached_property
     def slas_in_force(self) -> list[pb.Sla]:
-        out = []
-        for sla in self.request.slas:
-            start, end = ts_seconds(sla.start), ts_seconds(sla.end)
-            if not math.isnan(start) and self.now < start:
-                continue
-            if not math.isnan(end) and self.now > end:
-                continue
-            out.append(sla)
-        return out
+        """The SLAs in force, as messages (for plug-ins)."""
+        return [self.request.slas[i] for i in np.flatnonzero(self.sla_in_force).tolist()]
 
+    # For plug-ins: look-ups by dicts keyed `pair_key(site hash, service hash)`.
     def sla_keys(self, slas: list[pb.Sla]) -> dict[int, int]:
-        """Key (site, service) of each SLA -> its position in `slas` (a later one wins)."""
         return {
             pair_key(text_hash(sla.site_id), text_hash(sla.service_id)): k
             for k, sla in enumerate(slas)

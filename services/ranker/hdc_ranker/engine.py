@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from google.protobuf.message import DecodeError
 from hdc.ranker.v1 import ranker_pb2 as pb
+from numba import njit
 
-from hdc_ranker import wire
 from hdc_ranker.context import HistorySource, Knobs, NoHistory, RankContext
 from hdc_ranker.errors import RankInputError
 from hdc_ranker.plugins import Filter, Registry, Rejected, Scorer
 from hdc_ranker.table import CandidateTable, ts_seconds
-from hdc_ranker.validate import validate_request, validate_site_ids
+from hdc_ranker.user_context import UserContext
+from hdc_ranker.validate import validate_site_ids
 
 
 @dataclass
@@ -47,8 +47,10 @@ class Outcome:
     rejections: list[tuple[Filter, Rejected]]  # every (filter, reason) with its mask
     first_code: np.ndarray  # per candidate: index into `rejections` of its first reason, -1
     chosen_flavor: np.ndarray  # per candidate: flavor index in the flat table, -1
+    chosen_image: np.ndarray  # per candidate: image index in the flat table, -1
     seed: int
     ctx: RankContext
+    layout: int = pb.RESULT_LAYOUT_PER_CANDIDATE  # how the answer lists the candidates
 
     @property
     def ranked_count(self) -> int:
@@ -145,6 +147,11 @@ class Ranker:
 
     def _knobs(self, opts: pb.RankOptions) -> Knobs:
         d = self.defaults
+        if opts.result_layout not in pb.ResultLayout.values():
+            raise RankInputError(
+                f"options.result_layout: unknown value {opts.result_layout} "
+                f"(known: {pb.ResultLayout.keys()})"
+            )
         for name in ("max_age_s", "tie_epsilon"):
             v = getattr(opts, name)
             if not (v >= 0 and math.isfinite(v)):
@@ -160,25 +167,14 @@ class Ranker:
 
     def decode(self, raw: bytes) -> tuple[pb.RankRequest, CandidateTable]:
         """The request without its candidates (parsed), and the candidates (columns)."""
-        buf = np.frombuffer(raw, dtype=np.uint8)
-        status, cand_start, cand_end, head_start, head_end, counts = wire.scan_request(buf)
-        if status != wire.OK:
-            raise RankInputError("the request is not a valid RankRequest protobuf message")
-        head_bytes = b"".join(
-            raw[s:e] for s, e in zip(head_start.tolist(), head_end.tolist(), strict=True)
-        )
-        try:
-            head = pb.RankRequest.FromString(head_bytes)
-        except DecodeError as exc:
-            raise RankInputError(f"the request is not a valid RankRequest: {exc}") from None
-        table = CandidateTable(raw, cand_start, cand_end, counts, head.requirements.tenant)
-        return head, table
+        table = CandidateTable(raw)
+        return table.head, table
 
     def rank(self, request: pb.RankRequest | bytes, now: float | None = None) -> Outcome:
         """Rank a request (a message, or its serialized bytes as gRPC delivers them)."""
         raw = request if isinstance(request, bytes) else request.SerializeToString()
         request, table = self.decode(raw)
-        validate_request(request)
+        user = UserContext(table)  # reads and checks SLAs, preferences, monitoring
         validate_site_ids(table)
         opts = request.options
         filters, scorers, weights = self._select(opts)
@@ -186,7 +182,7 @@ class Ranker:
         t_now = ts_seconds(opts.now)
         if math.isnan(t_now):
             t_now = time.time() if now is None else now
-        ctx = RankContext(request, table, t_now, knobs, self.history)
+        ctx = RankContext(request, table, t_now, knobs, self.history, user)
         ctx.probes  # noqa: B018 - reads and checks the probes: bad input fails before ranking
         n = ctx.n
 
@@ -236,8 +232,10 @@ class Ranker:
             chosen_flavor=ctx.flavor_match.chosen
             if n and _uses_flavors(filters)
             else np.full(n, -1),
+            chosen_image=np.asarray(ctx.shared.get("image", np.full(n, -1)), dtype=np.int64),
             seed=knobs.seed,
             ctx=ctx,
+            layout=opts.result_layout,
         )
 
 
@@ -268,21 +266,42 @@ def tie_break_order(idx: np.ndarray, totals: np.ndarray, epsilon: float, seed: i
     `epsilon`, however densely the totals are packed."""
     if idx.size == 0:
         return idx
-    by_total = np.argsort(-totals, kind="stable")
-    sorted_totals = totals[by_total]
-    group = np.arange(idx.size)
-    # Only runs of totals closer than epsilon to their neighbour can hold ties.
-    close = np.flatnonzero(sorted_totals[:-1] - sorted_totals[1:] <= epsilon)
-    anchor, previous = -1, -2
-    for j in close.tolist():  # j and j + 1 are close
-        if j != previous + 1:
-            anchor = j  # a new run starts at j
-        if sorted_totals[anchor] - sorted_totals[j + 1] <= epsilon:
-            group[j + 1] = group[anchor]
-        else:
-            anchor = j + 1  # too far from the run's best: j + 1 heads its own group
-        previous = j
+    # Any sort will do: equal totals always fall in one group, ordered by their keys.
+    by_total = np.argsort(-totals)
+    group = _tie_groups(totals[by_total], epsilon)
     shuffle = np.random.default_rng(seed).random(idx.size)
-    # lexsort: last key is primary. Group first, then the seeded random key.
-    final = np.lexsort((shuffle[by_total], group))
-    return idx[by_total[final]]
+    # Within each group, the seeded random key decides.
+    return idx[shuffle_ties(by_total, group, shuffle[by_total])]
+
+
+@njit(cache=True)
+def _tie_groups(sorted_totals: np.ndarray, epsilon: float) -> np.ndarray:
+    """Group of each total (sorted, best first): a group starts at a total and takes the
+    following ones while they are within `epsilon` of that first one."""
+    group = np.empty(sorted_totals.size, np.int64)
+    anchor = 0
+    for j in range(sorted_totals.size):
+        if sorted_totals[anchor] - sorted_totals[j] > epsilon:
+            anchor = j
+        group[j] = anchor
+    return group
+
+
+@njit(cache=True)
+def shuffle_ties(order, group, shuffle):
+    """`order` (by total, best first) with each group of near ties reordered by its
+    `shuffle` keys, ascending (groups are contiguous runs; most have one member)."""
+    out = order.copy()
+    start = 0
+    n = order.size
+    while start < n:
+        end = start + 1
+        while end < n and group[end] == group[start]:
+            end += 1
+        if end - start > 1:
+            keys = shuffle[start:end]
+            within = np.argsort(keys, kind="mergesort")
+            for k in range(end - start):
+                out[start + k] = order[start + within[k]]
+        start = end
+    return out

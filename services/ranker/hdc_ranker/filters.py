@@ -12,30 +12,17 @@ from collections.abc import Iterable
 import numpy as np
 from hdc.ranker.v1 import ranker_pb2 as pb
 
-from hdc_ranker import wire
+from hdc_ranker import decode as d
+from hdc_ranker import decode_context as dc
+from hdc_ranker import quota
 from hdc_ranker.context import RankContext
+from hdc_ranker.match import image_required
 from hdc_ranker.plugins import Filter, Rejected
 from hdc_ranker.table import QUOTA_RESOURCES, text_hash
 
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
-
-
-def _max_per_candidate(
-    values: np.ndarray, first: np.ndarray, count: np.ndarray, idx: np.ndarray
-) -> np.ndarray:
-    """Largest of the flavor values of each candidate in `idx` (0 without flavors)."""
-    out = np.zeros(idx.size)
-    with_flavors = np.flatnonzero(count > 0)
-    if with_flavors.size:
-        # Runs of candidates with flavors start at strictly increasing offsets.
-        runs = np.maximum.reduceat(values, first[with_flavors])
-        pos = np.searchsorted(with_flavors, idx)
-        pos[pos == with_flavors.size] = 0
-        found = with_flavors[pos] == idx
-        out[found] = runs[pos[found]]
-    return out
 
 
 class SiteFilter(Filter):
@@ -58,7 +45,7 @@ class SiteFilter(Filter):
                 return f"site {site} is excluded by the request"
             return f"site {site} is not among the allowed sites {sorted(allowed)}"
 
-        return [Rejected(mask, "SITE_EXCLUDED", "site excluded", explain)]
+        return [Rejected(mask, "SITE_EXCLUDED", "site excluded", explain, key=ctx.table.site_hash)]
 
 
 def _hashes(texts: Iterable[str]) -> np.ndarray:
@@ -82,6 +69,7 @@ class ServiceTypeFilter(Filter):
                     f"service type {ctx.table.service_type_of(i) or '(none)'} is not one of "
                     f"{sorted(wanted)}"
                 ),
+                key=ctx.table.type_hash,
             )
         ]
 
@@ -101,7 +89,16 @@ class HealthFilter(Filter):
             ]
             return "site reports it is down" + (f" ({'; '.join(why)})" if why else "")
 
-        return [Rejected(mask, "SITE_DOWN", "site down", explain)]
+        # The sentence lists the unhealthy components: equal health reports, equal sentence.
+        return [
+            Rejected(
+                mask,
+                "SITE_DOWN",
+                "site down",
+                explain,
+                key=lambda idx: ctx.table.record_hashes(idx, d.T_HEALTH),
+            )
+        ]
 
 
 class FreshnessFilter(Filter):
@@ -124,7 +121,15 @@ class FreshnessFilter(Filter):
                 return f"site data is {_fmt(round(now - created[i]))} s old (max {_fmt(max_age)} s)"
             return "site data is flagged stale by the info provider"
 
-        return [Rejected(mask, "STALE_DATA", "stale data", explain)]
+        def key(idx: np.ndarray) -> np.ndarray:
+            # The sentence depends on which case applies and on the age, rounded to seconds.
+            v, c = valid[idx], created[idx]
+            with np.errstate(invalid="ignore"):
+                case = np.where(v < now, 0, np.where(now - c > max_age, 1, 2))
+            age = np.where(case == 0, np.round(now - v), np.round(now - c))
+            return np.column_stack([case, np.where(case == 2, 0.0, age)])
+
+        return [Rejected(mask, "STALE_DATA", "stale data", explain, key=key)]
 
 
 class IdentityProviderFilter(Filter):
@@ -149,6 +154,7 @@ class IdentityProviderFilter(Filter):
                 "IDP_NOT_SUPPORTED",
                 "identity provider not accepted",
                 lambda i: f"service accepts {table.identity_issuers(i)}, not {want.rstrip('/')}",
+                key=lambda idx: table.record_hashes(idx, d.T_IDENTITY_PROVIDERS),
             )
         ]
 
@@ -162,8 +168,9 @@ class SlaFilter(Filter):
         wanted = set(ctx.req.sla_ids)
         if not wanted:
             return []
-        covering = ctx.sla_keys([s for s in ctx.slas_in_force if s.id in wanted])
-        own, whole_site = ctx.match_keys(np.arange(ctx.n), covering)
+        ids = ctx.user.sla_hash[:, dc.S_ID]
+        covering = np.flatnonzero(ctx.sla_in_force & np.isin(ids, _hashes(wanted)))
+        own, whole_site = ctx.user.sla_index(covering).find(ctx.table, np.arange(ctx.n))
         mask = (own < 0) & (whole_site < 0)
         return [
             Rejected(
@@ -171,6 +178,7 @@ class SlaFilter(Filter):
                 "NO_SLA",
                 "no SLA",
                 lambda i: f"no SLA in force among {sorted(wanted)} covers this service",
+                key=np.zeros(ctx.n),
             )
         ]
 
@@ -183,9 +191,10 @@ class FlavorFilter(Filter):
     def reject(self, ctx: RankContext) -> Iterable[Rejected]:
         req = ctx.req
         fm = ctx.flavor_match
-        ft = ctx.table.flavors
+        most = fm.most  # per candidate: most GPUs, CPUs, RAM, disk of a flavor
         needs_gpu = req.gpu.count > 0
         out: list[Rejected] = []
+        constant = np.zeros(ctx.n)
         # A service that publishes no flavors (e.g. a container platform) cannot be checked
         # for size, but it cannot be trusted with a GPU or Infiniband either.
         flagged = np.zeros(ctx.n, dtype=bool)
@@ -193,45 +202,39 @@ class FlavorFilter(Filter):
             no_gpu = ~fm.any_gpu
             flagged |= no_gpu
             gpu_text = " ".join(x for x in (req.gpu.vendor, req.gpu.model) if x)
+            head = f"needs {req.gpu.count} {gpu_text + ' ' if gpu_text else ''}GPU(s) per instance"
 
             def explain_gpu(i: int) -> str:
-                have = ft.gpus[ft.of(i)]
-                most = int(have.max()) if have.size else 0
-                return (
-                    f"needs {req.gpu.count} {gpu_text + ' ' if gpu_text else ''}GPU(s) per "
-                    f"instance; no flavor offers them (most GPUs in a flavor: {most})"
-                )
+                return f"{head}; no flavor offers them (most GPUs in a flavor: {most[i, 0]:g})"
 
-            def explain_gpus(idx: np.ndarray) -> list[str]:
-                most = _max_per_candidate(ft.gpus, ft.first, ft.count, idx).tolist()
-                head = (
-                    f"needs {req.gpu.count} {gpu_text + ' ' if gpu_text else ''}GPU(s) per instance"
-                )
-                return [
-                    f"{head}; no flavor offers them (most GPUs in a flavor: {m:g})" for m in most
-                ]
-
-            out.append(Rejected(no_gpu, "NO_GPU", "no GPU", explain_gpu, explain_gpus))
+            out.append(Rejected(no_gpu, "NO_GPU", "no GPU", explain_gpu, key=most[:, 0]))
         if req.infiniband:
             no_ib = ~fm.any_ib & ~flagged
             flagged |= no_ib
             out.append(
                 Rejected(
-                    no_ib, "NO_INFINIBAND", "no Infiniband", lambda i: "no flavor offers Infiniband"
+                    no_ib,
+                    "NO_INFINIBAND",
+                    "no Infiniband",
+                    lambda i: "no flavor offers Infiniband",
+                    key=constant,
                 )
             )
         too_small = fm.has_flavors & ~fm.any_size & ~flagged
         flagged |= too_small
 
         def explain_size(i: int) -> str:
-            sel = ft.of(i)
             return (
                 f"needs {req.cpus} CPUs, {req.ram_mb} MB RAM, {req.disk_gb} GB disk; largest "
-                f"flavor offers {_fmt(ft.cpus[sel].max())} CPUs, {_fmt(ft.ram_mb[sel].max())} "
-                f"MB, {_fmt(ft.disk_gb[sel].max())} GB"
+                f"flavor offers {_fmt(most[i, 1])} CPUs, {_fmt(most[i, 2])} MB, "
+                f"{_fmt(most[i, 3])} GB"
             )
 
-        out.append(Rejected(too_small, "FLAVOR_TOO_SMALL", "flavor too small", explain_size))
+        out.append(
+            Rejected(
+                too_small, "FLAVOR_TOO_SMALL", "flavor too small", explain_size, key=most[:, 1:]
+            )
+        )
         no_combo = fm.has_flavors & (fm.chosen < 0) & ~flagged
         out.append(
             Rejected(
@@ -239,25 +242,10 @@ class FlavorFilter(Filter):
                 "NO_MATCHING_FLAVOR",
                 "no matching flavor",
                 lambda i: "each requirement is met by some flavor, but no flavor meets all",
+                key=constant,
             )
         )
         return out
-
-
-def image_requirement_set(want: pb.ImageRequirement) -> bool:
-    return bool(
-        want.name
-        or want.os_type
-        or want.os_distribution
-        or want.os_version
-        or want.architecture
-        or want.cuda
-        or want.min_cuda_version
-    )
-
-
-def _needle(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode(), dtype=np.uint8)
 
 
 class ImageFilter(Filter):
@@ -268,34 +256,12 @@ class ImageFilter(Filter):
 
     def reject(self, ctx: RankContext) -> Iterable[Rejected]:
         want = ctx.req.image
-        if not image_requirement_set(want):
+        if not image_required(want):
             return []
         t = ctx.table
-        match = wire.match_images(
-            t.buf,
-            t.image_strs,
-            t.image_cuda,
-            _needle(want.name),
-            _needle(want.os_type),
-            _needle(want.os_distribution),
-            _needle(want.os_version),
-            _needle(want.architecture),
-            want.cuda,
-            _needle(want.min_cuda_version),
-        )
-        hits = np.flatnonzero(match)
-        owners, first = np.unique(t.image_owner[hits], return_index=True)
-        chosen = np.full(ctx.n, -1, dtype=np.int64)
-        chosen[owners] = hits[first]
-        # the chosen image's id (its name when it has no id), as a byte span
-        spans = np.zeros((ctx.n, 2), dtype=np.int64)
+        chosen = t.ints[:, d.C_IMAGE_CHOSEN]  # decided while decoding (match.py)
         has = chosen >= 0
-        strs = t.image_strs[chosen[has]]
-        use_name = strs[:, 1] == 0
-        spans[has, 0] = np.where(use_name, strs[:, 2], strs[:, 0])
-        spans[has, 1] = np.where(use_name, strs[:, 3], strs[:, 1])
-        ctx.shared["image_spans"] = spans
-        mask = ~has
+        ctx.shared["image"] = chosen  # reported in the answer
         parts = [
             want.name,
             want.os_type,
@@ -307,13 +273,14 @@ class ImageFilter(Filter):
             else ("CUDA" if want.cuda else ""),
         ]
         text = " ".join(p for p in parts if p)
-        counts = np.bincount(t.image_owner, minlength=ctx.n)
+        counts = t.image_count
         return [
             Rejected(
-                mask,
+                ~has,
                 "NO_IMAGE",
                 "no matching image",
                 lambda i: f"no image matches {text} ({counts[i]} published)",
+                key=counts,
             )
         ]
 
@@ -326,10 +293,8 @@ class QuotaFilter(Filter):
     def reject(self, ctx: RankContext) -> Iterable[Rejected]:
         limits, usage = ctx.table.quota
         need = ctx.quota_need
-        with np.errstate(invalid="ignore"):
-            # NaN (unknown) and -1 (unlimited) never reject.
-            short = (limits >= 0) & (limits - usage - need < 0)
-        mask = short.any(axis=1)
+        # NaN (unknown) and -1 (unlimited) limits never reject.
+        short, mask = quota.quota_short(limits, usage, need)
 
         def explain(i: int) -> str:
             lim, use, nd = limits[i].tolist(), usage[i].tolist(), need[i].tolist()
@@ -340,20 +305,12 @@ class QuotaFilter(Filter):
             ]
             return "quota exceeded (" + "; ".join(parts) + ")"
 
-        def explain_many(idx: np.ndarray) -> list[str]:
-            lim, use, nd, sh = (a[idx].tolist() for a in (limits, usage, need, short))
-            return [
-                "quota exceeded ("
-                + "; ".join(
-                    f"{QUOTA_RESOURCES[j]}: needs {n_[j]:g}, free {l_[j] - u_[j]:g} of {l_[j]:g}"
-                    for j in range(len(QUOTA_RESOURCES))
-                    if s_[j]
-                )
-                + ")"
-                for l_, u_, n_, s_ in zip(lim, use, nd, sh, strict=True)
-            ]
+        def key(idx: np.ndarray) -> np.ndarray:
+            # The sentence names the short resources with their need, limit and usage.
+            sh = short[idx]
+            return np.hstack([sh] + [np.where(sh, x[idx], 0.0) for x in (need, limits, usage)])
 
-        return [Rejected(mask, "QUOTA_EXCEEDED", "quota exceeded", explain, explain_many)]
+        return [Rejected(mask, "QUOTA_EXCEEDED", "quota exceeded", explain, key=key)]
 
 
 BUILTIN: list[type[Filter]] = [

@@ -18,6 +18,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from hdc_ranker.table import text_hash
+
 log = logging.getLogger(__name__)
 
 EVENT_PATTERN = "orchestrator.deployment.*"
@@ -73,8 +75,12 @@ class HistoryStore:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         self._loaded_at = -float("inf")
-        self._rows: dict[str, list[tuple[float, bool]]] = {}
+        self._sites: list[str] = []
+        self._site_of = np.zeros(0, dtype=np.int64)
+        self._finished = np.zeros(0)
+        self._succeeded = np.zeros(0)
         self._estimates: dict[str, float] = {}
+        self._by_hash: dict[int, float] = {}
         self._estimated_at = -float("inf")
 
     # -------------------------------------------------------------- writing
@@ -122,12 +128,23 @@ class HistoryStore:
                     DeploymentOutcome.succeeded,
                 ).order_by(DeploymentOutcome.finished_at.desc())
             ).all()
-        per_site: dict[str, list[tuple[float, bool]]] = {}
+        sites: dict[str, int] = {}
+        kept: list[int] = []
+        site_of, finished_at, succeeded = [], [], []
         for site, finished, ok in rows:
-            kept = per_site.setdefault(site, [])
-            if len(kept) < self.window:
-                kept.append((finished, ok))
-        self._rows = per_site
+            k = sites.setdefault(site, len(sites))
+            if k == len(kept):
+                kept.append(0)
+            if kept[k] < self.window:  # newest first: the window's most recent outcomes
+                kept[k] += 1
+                site_of.append(k)
+                finished_at.append(finished)
+                succeeded.append(ok)
+        # Columns: one entry per outcome kept, its site as an index into `_sites`.
+        self._sites = list(sites)
+        self._site_of = np.array(site_of, dtype=np.int64)
+        self._finished = np.array(finished_at, dtype=np.float64)
+        self._succeeded = np.array(succeeded, dtype=np.float64)
         self._loaded_at = time.monotonic()
 
     def estimates(self, now: float) -> dict[str, float]:
@@ -137,12 +154,15 @@ class HistoryStore:
                 self._estimated_at = -float("inf")
             # Recompute the decay at most once a second: ages barely move in between.
             if abs(now - self._estimated_at) > 1.0:
-                est = {}
-                for site, rows in self._rows.items():
-                    w = np.array([0.5 ** (max(0.0, now - t) / self.half_life_s) for t, _ in rows])
-                    ok = np.array([o for _, o in rows], dtype=float)
-                    est[site] = float((w @ ok + 1.0) / (w.sum() + 2.0))
-                self._estimates, self._estimated_at = est, now
+                age = np.maximum(0.0, now - self._finished)
+                w = 0.5 ** (age / self.half_life_s)
+                n = len(self._sites)
+                good = np.bincount(self._site_of, weights=w * self._succeeded, minlength=n)
+                total = np.bincount(self._site_of, weights=w, minlength=n)
+                values = ((good + 1.0) / (total + 2.0)).tolist()
+                self._estimates = dict(zip(self._sites, values, strict=True))
+                self._by_hash = {text_hash(site): v for site, v in self._estimates.items()}
+                self._estimated_at = now
             return self._estimates
 
     def success_estimates(self, site_ids: list[str], now: float) -> np.ndarray:
@@ -151,6 +171,13 @@ class HistoryStore:
             return np.full(len(site_ids), 0.5)
         get = est.get
         return np.fromiter((get(s, 0.5) for s in site_ids), np.float64, len(site_ids))
+
+    def success_by_hash(self, site_hashes: np.ndarray, now: float) -> np.ndarray:
+        """success_estimates of sites given by their id hashes (table.text_hash): what the
+        ranker has at hand, without decoding the ids."""
+        self.estimates(now)
+        get = self._by_hash.get
+        return np.fromiter((get(h, 0.5) for h in site_hashes.tolist()), np.float64)
 
 
 def _event_time(event: Any) -> float | None:

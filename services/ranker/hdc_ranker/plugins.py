@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from hdc_common.errors import ConfigError
 
+from hdc_ranker.groups import group_rows
+
 if TYPE_CHECKING:
     from hdc_ranker.context import RankContext
 
@@ -45,13 +47,30 @@ class Rejected:
     explain: Callable[[int], str]  # candidate index -> a sentence a person can act on
     # Optional: the sentences of many candidates at once (indices ascending), for speed.
     explain_many: Callable[[np.ndarray], list[str]] | None = None
+    # Optional, for speed: per candidate (1-D, or rows of a 2-D array), everything its
+    # sentence depends on; or a function giving those keys for the rejected candidates'
+    # indices. Candidates with equal keys get the same sentence, so `explain` runs once
+    # per distinct key instead of once per candidate.
+    key: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None
+
+    def grouped(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(rejected candidate indices, ascending; the sentence of each, as an index into
+        the list of distinct sentences; that list)."""
+        idx = np.flatnonzero(self.mask)
+        if self.key is not None and idx.size:
+            keys = self.key(idx) if callable(self.key) else np.asarray(self.key)[idx]
+            first, group = group_rows(keys)
+            return idx, group, [self.explain(i) for i in idx[first].tolist()]
+        if self.explain_many is not None:
+            sentences = self.explain_many(idx)
+        else:
+            sentences = [self.explain(i) for i in idx.tolist()]
+        return idx, np.arange(idx.size), sentences
 
     def messages(self) -> tuple[np.ndarray, list[str]]:
         """(rejected candidate indices, ascending; their sentences)."""
-        idx = np.flatnonzero(self.mask)
-        if self.explain_many is not None:
-            return idx, self.explain_many(idx)
-        return idx, [self.explain(i) for i in idx.tolist()]
+        idx, group, sentences = self.grouped()
+        return idx, [sentences[g] for g in group.tolist()]
 
 
 class Filter(ABC):

@@ -1,7 +1,9 @@
 """Outcome -> RankResponse: every candidate, ranked ones first, with its reasons.
 
-The per-candidate records are written as protobuf bytes by the compiled encoder (wire.py);
-the few summary fields by the protobuf library; protobuf concatenation merges them.
+The per-candidate records are written as protobuf bytes by the compiled encoder
+(encode.py); the few summary fields by the protobuf library; protobuf concatenation merges
+them. Each distinct explanation is rendered once and copied to every candidate it applies
+to (Rejected.key, plugins.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 from hdc.ranker.v1 import ranker_pb2 as pb
 from prometheus_client import Counter, Histogram
 
-from hdc_ranker import wire
+from hdc_ranker import decode as d
+from hdc_ranker import encode
 from hdc_ranker.engine import Outcome, Ranker
 from hdc_ranker.errors import RankInputError
 
@@ -32,15 +35,11 @@ REJECTIONS = Counter(
     "hdc_ranker_rejections_total", "Candidates rejected, by first reason", ["code"]
 )
 
-SERVER_TIME_TAG = b"\x41"  # RankResponse.server_time_ms: field 8, 64-bit
-
-
-_SMALL = [bytes((n,)) for n in range(0x80)]
+SERVER_TIME_TAG = 0x41  # RankResponse.server_time_ms: field 8, 64-bit
+SERVER_TIME_SIZE = 9
 
 
 def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _SMALL[n]
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -51,10 +50,41 @@ def _varint(n: int) -> bytes:
 
 def _field(number: int, data: bytes) -> bytes:
     """A length-delimited field (string/bytes/message) with its tag."""
-    return _SMALL[(number << 3) | 2] + _varint(len(data)) + data
+    return _varint((number << 3) | 2) + _varint(len(data)) + data
+
+
+def _rejection_records(out: Outcome) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """Every distinct Rejection (serialized, as a field 7 record: the same field number in
+    RankedCandidate and in ResultColumns) once; and who has which, sorted by candidate, a
+    candidate's in filter order: (records, candidates, record of each)."""
+    pieces: list[bytes] = []
+    owners: list[np.ndarray] = []
+    ids: list[np.ndarray] = []
+    for f, r in out.rejections:
+        idx, group, sentences = r.grouped()
+        if not idx.size:
+            continue
+        prefix = _field(1, r.code.encode()) + _field(2, f.name.encode())
+        owners.append(idx)
+        ids.append(group + len(pieces))
+        for sentence in sentences:
+            pieces.append(_field(7, prefix + _field(3, sentence.encode())))
+    if not owners:
+        return pieces, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    owner = np.concatenate(owners)
+    by_owner = np.argsort(owner, kind="stable")  # stable: filter order within a candidate
+    return pieces, owner[by_owner], np.concatenate(ids)[by_owner]
 
 
 def encode_response(out: Outcome, summary: str | None = None) -> bytes:
+    """The serialized RankResponse (without server_time_ms)."""
+    body = _encode(out, summary, 0)
+    return body if isinstance(body, bytes) else body.tobytes()
+
+
+def _encode(out: Outcome, summary: str | None, tail: int) -> np.ndarray | bytes:
+    """The serialized RankResponse without server_time_ms: per candidate, as an array with
+    `tail` free bytes at the end; as columns, as bytes."""
     head = pb.RankResponse(
         summary=out.summary() if summary is None else summary,
         criteria=out.criteria,
@@ -64,60 +94,81 @@ def encode_response(out: Outcome, summary: str | None = None) -> bytes:
         rejection_counts=out.rejection_counts(),
         seed=out.seed,
     ).SerializeToString()
-    if out.n == 0:
-        return head
+    records, owners, ids = _rejection_records(out)
+    order = np.concatenate([out.order, np.flatnonzero(out.rank < 0)])
+    if out.layout == pb.RESULT_LAYOUT_COLUMNS:
+        return head + _field(10, _columns(out, order, records, owners, ids))
     ctx = out.ctx
     table = ctx.table
-    n = out.n
-    rejected = np.flatnonzero(out.rank < 0)
-    # Rejection{code=1, filter=2, message=3} records (RankedCandidate field 7), gathered per
-    # candidate in filter order; code and filter are the same for all of one reason.
-    records: dict[int, list[bytes]] = {}
-    for f, r in out.rejections:
-        prefix = _field(1, r.code.encode()) + _field(2, f.name.encode())
-        idx, messages = r.messages()
-        for i, message in zip(idx.tolist(), messages, strict=True):
-            body = prefix + _field(3, message.encode())
-            records.setdefault(i, []).append(b"\x3a" + _varint(len(body)) + body)
-    lengths = np.zeros(n, dtype=np.int64)
-    pieces = []
-    for i in rejected.tolist():
-        record = b"".join(records[i])
-        lengths[i] = len(record)
-        pieces.append(record)
-    rej_off = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=rej_off[1:])
-    rej_blob = np.frombuffer(b"".join(pieces), dtype=np.uint8)
-    k = len(out.criteria)
-    scores = np.ascontiguousarray(np.nan_to_num(out.scores, nan=0.0), dtype=np.float64)
-    totals = np.ascontiguousarray(out.total, dtype=np.float64)
-    image_spans = ctx.shared.get("image_spans")
-    if image_spans is None:
-        image_spans = np.zeros((n, 2), dtype=np.int64)
-    ft = table.flavors
-    flavor_strs = ft.strs if len(ft) else np.zeros((1, 6), dtype=np.int64)
-    order = np.concatenate([out.order, rejected]).astype(np.int64)
-    body = wire.encode_results(
+    # the chosen image's id (its name when it has no id), as a byte span of the request
+    image_spans = np.zeros((out.n, 2), dtype=np.int64)
+    has = out.chosen_image >= 0
+    if has.any():
+        ii = table.image_ints[out.chosen_image[has]]
+        use_name = ii[:, d.I_ID + 1] == 0
+        image_spans[has, 0] = np.where(use_name, ii[:, d.I_NAME], ii[:, d.I_ID])
+        image_spans[has, 1] = np.where(use_name, ii[:, d.I_NAME + 1], ii[:, d.I_ID + 1])
+    sizes = np.fromiter(map(len, records), np.int64, len(records))
+    blob_off = np.zeros(len(records) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=blob_off[1:])
+    rec_off = np.zeros(out.n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owners, minlength=out.n), out=rec_off[1:])
+    return encode.encode_results(
+        np.frombuffer(head, dtype=np.uint8),
         table.buf,
-        order,
-        out.rank.astype(np.int64),
-        totals.view(np.uint8),
-        scores.reshape(-1).view(np.uint8),
-        k,
-        table.strs,
-        flavor_strs,
-        out.chosen_flavor.astype(np.int64),
+        table.ints,
+        table.flavors.ints,
+        np.asarray(order, dtype=np.int64),
+        np.asarray(out.rank, dtype=np.int64),
+        np.asarray(out.total, dtype=np.float64),
+        out.scores,  # the NaN rows of rejected candidates are not written
+        np.asarray(out.chosen_flavor, dtype=np.int64),
         image_spans,
-        rej_blob,
-        rej_off,
+        np.frombuffer(b"".join(records) or b"\0", dtype=np.uint8),
+        blob_off,
+        ids,
+        rec_off,
+        tail,
     )
-    return head + body.tobytes()
 
 
-def rank_bytes(ranker: Ranker, raw: bytes, api: str = "grpc") -> tuple[bytes, float, float]:
-    """Rank serialized RankRequest bytes: (serialized RankResponse, server time in ms, CPU
-    time of this thread in ms; the latter does not count time other processes took)."""
-    start = time.perf_counter()
+def _packed(number: int, values: np.ndarray, dtype: str) -> bytes:
+    """A packed repeated field of fixed-width numbers (omitted when empty, as proto3 does)."""
+    if not values.size:
+        return b""
+    return _field(number, np.ascontiguousarray(values, dtype=dtype).tobytes())
+
+
+def _columns(
+    out: Outcome, order: np.ndarray, records: list[bytes], owners: np.ndarray, ids: np.ndarray
+) -> bytes:
+    """The ResultColumns message."""
+    ft = out.ctx.table.flavors
+    table = out.ctx.table
+    flavor = np.where(out.chosen_flavor >= 0, out.chosen_flavor - ft.first, -1)
+    image = np.where(out.chosen_image >= 0, out.chosen_image - table.image_first, -1)
+    return b"".join(
+        [
+            _packed(1, order, "<i4"),
+            _packed(2, out.rank, "<i4"),
+            _packed(3, out.total, "<f8"),
+            _packed(4, np.nan_to_num(out.scores, nan=0.0), "<f8"),
+            _packed(5, flavor, "<i4"),
+            _packed(6, image, "<i4"),
+            *records,  # field 7
+            _packed(8, owners, "<i4"),
+            _packed(9, ids, "<i4"),
+        ]
+    )
+
+
+def rank_bytes(
+    ranker: Ranker, raw: bytes, api: str = "grpc", start: float | None = None
+) -> tuple[bytes, float, float]:
+    """Rank serialized RankRequest bytes: (serialized RankResponse, server time in ms since
+    `start` (a time.perf_counter() value; default: now), CPU time of this thread in ms; the
+    latter does not count time other processes took)."""
+    start = time.perf_counter() if start is None else start
     cpu_start = time.thread_time()
     try:
         out = ranker.rank(raw)
@@ -125,14 +176,21 @@ def rank_bytes(ranker: Ranker, raw: bytes, api: str = "grpc") -> tuple[bytes, fl
         REQUESTS.labels(api, "invalid").inc()
         raise
     summary = out.summary()
-    body = encode_response(out, summary)
-    elapsed = time.perf_counter() - start
-    LATENCY.labels(api).observe(elapsed)
+    body = _encode(out, summary, SERVER_TIME_SIZE)
+    counts = out.rejection_counts()
     REQUESTS.labels(api, "ok").inc()
     CANDIDATES.labels("ranked").inc(out.ranked_count)
     CANDIDATES.labels("rejected").inc(out.n - out.ranked_count)
-    for code, count in out.rejection_counts().items():
+    for code, count in counts.items():
         REJECTIONS.labels(code).inc(count)
+    elapsed = time.perf_counter() - start
+    stamp = struct.pack("<Bd", SERVER_TIME_TAG, elapsed * 1e3)
+    if isinstance(body, bytes):
+        answer = body + stamp
+    else:
+        body[-SERVER_TIME_SIZE:] = np.frombuffer(stamp, dtype=np.uint8)
+        answer = body.tobytes()
+    LATENCY.labels(api).observe(elapsed)
     log.info(
         "ranked",
         extra={
@@ -144,7 +202,7 @@ def rank_bytes(ranker: Ranker, raw: bytes, api: str = "grpc") -> tuple[bytes, fl
         },
     )
     cpu_ms = (time.thread_time() - cpu_start) * 1e3
-    return body + SERVER_TIME_TAG + struct.pack("<d", elapsed * 1e3), elapsed * 1e3, cpu_ms
+    return answer, elapsed * 1e3, cpu_ms
 
 
 def rank_and_respond(ranker: Ranker, request: pb.RankRequest | bytes) -> pb.RankResponse:

@@ -11,12 +11,18 @@ import math
 
 import numpy as np
 from hdc.ranker.v1 import ranker_pb2 as pb
+from numba import njit
 
+from hdc_ranker import cost, quota
+from hdc_ranker import decode as d
 from hdc_ranker.context import RankContext
+from hdc_ranker.errors import RankInputError
 from hdc_ranker.plugins import Scorer
-from hdc_ranker.table import EMPTY_HASH, lookup, pair_key, pair_keys, text_hash
+from hdc_ranker.table import EMPTY_HASH, pair_keys
+from hdc_ranker.user_context import KeyIndex
 
 NAN = math.nan
+_EMPTY = np.uint64(EMPTY_HASH)
 
 
 class SlaScorer(Scorer):
@@ -27,34 +33,44 @@ class SlaScorer(Scorer):
     name = "sla"
 
     def raw(self, ctx: RankContext, idx: np.ndarray) -> np.ndarray:
-        slas = ctx.slas_in_force
-        if not slas:
+        in_force = np.flatnonzero(ctx.sla_in_force)
+        if not in_force.size:
             return np.full(idx.size, NAN)
         # One row of best target values per distinct (site, service) key.
-        keys: dict[int, int] = {}
-        merged: list[dict[str, float]] = []
-        for sla in slas:
-            key = pair_key(text_hash(sla.site_id), text_hash(sla.service_id))
-            if key not in keys:
-                keys[key] = len(merged)
-                merged.append({})
-            row = merged[keys[key]]
-            for name, value in sla.targets.items():
-                row[name] = max(row.get(name, 0.0), value)
-        kinds = sorted({name for row in merged for name in row})
-        values = np.array([[row.get(k, 0.0) for k in kinds] for row in merged]).reshape(
-            len(merged), len(kinds)
-        )
-        own, whole_site = ctx.match_keys(idx, keys)
-        covered = (own >= 0) | (whole_site >= 0)
-        pad = np.vstack([values, np.zeros((1, len(kinds)))])  # row -1: no SLA
-        per_candidate = np.maximum(pad[own], pad[whole_site])
-        largest = per_candidate.max(axis=0) if idx.size else np.zeros(len(kinds))
-        useful = largest > 0
-        if not useful.any():
-            # SLAs without numeric targets: being covered is what counts.
-            return covered.astype(np.float64)
-        return (per_candidate[:, useful] / largest[useful]).mean(axis=1)
+        values, kinds, index = ctx.user.sla_targets(in_force)
+        own, whole_site = index.find(ctx.table, idx)
+        return _sla_raw(values, own, whole_site)
+
+
+@njit(cache=True)
+def _sla_raw(values, own, whole_site):
+    """Per candidate: its SLA targets (the larger of its service's and its site's row of
+    `values`, none = 0), each divided by the largest of that target across the candidates,
+    averaged over the targets that are not 0 everywhere; when all are, 1 if covered by an
+    SLA, else 0."""
+    n, k = own.size, values.shape[1]
+    mine = np.zeros((n, k))
+    largest = np.zeros(k)
+    for i in range(n):
+        for j in range(k):
+            a = values[own[i], j] if own[i] >= 0 else 0.0
+            b = values[whole_site[i], j] if whole_site[i] >= 0 else 0.0
+            mine[i, j] = max(a, b)
+            largest[j] = max(largest[j], mine[i, j])
+    useful = 0
+    for j in range(k):
+        useful += largest[j] > 0
+    out = np.empty(n)
+    for i in range(n):
+        if useful == 0:
+            out[i] = 1.0 if own[i] >= 0 or whole_site[i] >= 0 else 0.0
+            continue
+        total = 0.0
+        for j in range(k):
+            if largest[j] > 0:
+                total += mine[i, j] / largest[j]
+        out[i] = total / useful
+    return out
 
 
 class PreferenceScorer(Scorer):
@@ -64,37 +80,34 @@ class PreferenceScorer(Scorer):
     default_weight = 2.0
 
     def raw(self, ctx: RankContext, idx: np.ndarray) -> np.ndarray:
-        prefs = ctx.request.preferences
-        if not prefs:
+        if not len(ctx.request.preferences):
             return np.full(idx.size, NAN)
-        # Most specific first: (type, site, service), (any, site, service), (type, site),
-        # (any, site). Keys combine the hashes of type, site and service.
-        best: dict[int, float] = {}
-        for p in prefs:
-            key = pair_key(
-                pair_key(text_hash(p.service_type), text_hash(p.site_id)), text_hash(p.service_id)
-            )
-            best[key] = max(best.get(key, 0.0), p.weight)
-        weights = np.fromiter(best.values(), np.float64, len(best))
-        table = {k: j for j, k in enumerate(best)}
+        hashes, weights = ctx.user.preferences()
+        typ, site, service = hashes.T
+        with_type, with_service = typ != _EMPTY, service != _EMPTY
         t = ctx.table
-        site, service, typ = t.site_hash[idx], t.service_hash[idx], t.type_hash[idx]
         out = np.full(idx.size, -1, dtype=np.int64)
-        for type_h, service_h in (
-            (typ, service),
-            (EMPTY_HASH, service),
-            (typ, EMPTY_HASH),
-            (EMPTY_HASH, EMPTY_HASH),
-        ):
-            keys = pair_keys(
-                pair_keys(_as_array(type_h, idx.size), site), _as_array(service_h, idx.size)
-            )
-            found = lookup(keys, table)
-            out = np.where(out < 0, found, out)
+        # Most specific first: (type, site, service), (any, site, service), (type, site),
+        # (any, site); each shape is looked up only if some preference has it.
+        for want_type, want_service in ((True, True), (False, True), (True, False)):
+            mine = np.flatnonzero((with_type == want_type) & (with_service == want_service))
+            if mine.size:
+                index = KeyIndex(pair_keys(pair_keys(typ[mine], site[mine]), service[mine]), mine)
+                c_type = t.type_hash[idx] if want_type else _EMPTY
+                c_service = t.service_hash[idx] if want_service else _EMPTY
+                keys = pair_keys(
+                    pair_keys(_as_array(c_type, idx.size), t.site_hash[idx]), c_service
+                )
+                out = np.where(out < 0, index.find(keys), out)
+        mine = np.flatnonzero(~with_type & ~with_service)
+        if mine.size:
+            site_of, first = t.sites
+            per_site = KeyIndex(site[mine], mine).find(t.site_hash[first])
+            out = np.where(out < 0, per_site[site_of[idx]], out)
         return np.where(out >= 0, weights[np.maximum(out, 0)], 0.0)
 
 
-def _as_array(h: np.ndarray | int, n: int) -> np.ndarray:
+def _as_array(h: np.ndarray | np.uint64, n: int) -> np.ndarray:
     return h if isinstance(h, np.ndarray) else np.full(n, h, dtype=np.uint64)
 
 
@@ -106,26 +119,12 @@ class MonitoringScorer(Scorer):
     name = "monitoring"
 
     def raw(self, ctx: RankContext, idx: np.ndarray) -> np.ndarray:
-        half_life = ctx.knobs.monitoring_half_life_s
-        entry, rate, rt, when = ctx.probes
-        monitoring = ctx.request.monitoring
         out = np.full(idx.size, NAN)
-        if entry.size:
-            age = np.where(np.isnan(when), 0.0, np.maximum(0.0, ctx.now - when))
-            w = 0.5 ** (age / half_life)
-            num = np.bincount(
-                entry, weights=w * rate / (1.0 + rt / 1000.0), minlength=len(monitoring)
-            )
-            den = np.bincount(entry, weights=w, minlength=len(monitoring))
-            keys: dict[int, int] = {}
-            for k in np.flatnonzero(den > 0).tolist():
-                m = monitoring[k]
-                keys[pair_key(text_hash(m.site_id), text_hash(m.service_id))] = k
-            if keys:
-                values = num / np.where(den > 0, den, 1.0)
-                own, whole_site = ctx.match_keys(idx, keys)
-                pick = np.where(own >= 0, own, whole_site)
-                out = np.where(pick >= 0, values[np.maximum(pick, 0)], NAN)
+        entries, values = ctx.user.monitoring_values(ctx.now, ctx.knobs.monitoring_half_life_s)
+        if entries.size:
+            own, whole_site = ctx.user.monitoring_index(entries).find(ctx.table, idx)
+            pick = np.where(own >= 0, own, whole_site)
+            out = np.where(pick >= 0, values[np.maximum(pick, 0)], NAN)
         degraded = ctx.table.status[idx] == pb.STATUS_DEGRADED
         out[degraded] *= 0.5
         return out
@@ -140,15 +139,7 @@ class HeadroomScorer(Scorer):
 
     def raw(self, ctx: RankContext, idx: np.ndarray) -> np.ndarray:
         limits, usage = ctx.table.quota
-        lim, use, need = limits[idx], usage[idx], ctx.quota_need[idx]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            frac = np.where(lim > 0, (lim - use - need) / lim, np.nan)
-            frac = np.where(lim < 0, 1.0, frac)  # -1: unlimited
-            frac = np.clip(frac, 0.0, 1.0)
-        known = ~np.isnan(frac)
-        out = np.where(known, frac, np.inf).min(axis=1)
-        out[~known.any(axis=1)] = NAN
-        return out
+        return quota.headroom(limits, usage, ctx.quota_need, idx)
 
 
 class HistoryScorer(Scorer):
@@ -158,7 +149,12 @@ class HistoryScorer(Scorer):
     name = "history"
 
     def raw(self, ctx: RankContext, idx: np.ndarray) -> np.ndarray:
-        names, position = ctx.table.site_names(idx)
+        t = ctx.table
+        site_of, first = t.sites
+        by_hash = getattr(ctx.history, "success_by_hash", None)
+        if by_hash is not None:  # the sites' hashes, no need to decode their ids
+            return by_hash(t.site_hash[first], ctx.now)[site_of[idx]]
+        names, position = t.site_names(idx)
         return ctx.history.success_estimates(names, ctx.now)[position]
 
 
@@ -171,16 +167,24 @@ class CostScorer(Scorer):
     higher_is_better = False
 
     def raw(self, ctx: RankContext, idx: np.ndarray) -> np.ndarray:
-        prices = ctx.table.cost(idx)
-        per_cpu, per_gpu, per_gb, flat = prices.T
-        cpus, ram, gpus = (x[idx] for x in ctx.per_instance_need)
-        out = np.where(
-            np.isnan(per_cpu), flat, per_cpu * cpus + per_gpu * gpus + per_gb * ram / 1024
+        t = ctx.table
+        cpus, ram, gpus = ctx.per_instance_need
+        prices, problem, at = cost.instance_cost(
+            t.nums, t.flavors.nums, ctx.flavor_match.chosen, idx, cpus, ram, gpus
         )
-        if len(ctx.table.flavors):
-            flavor_cost = ctx.table.flavors.cost_per_hour(ctx.flavor_match.chosen[idx])
-            out = np.where(np.isnan(flavor_cost), out, flavor_cost)
-        return out
+        if problem == cost.BAD_FLAT:
+            raise RankInputError(
+                f"candidates[{at}].cost_per_hour must be a finite number >= 0, "
+                f"got {t.nums[at, d.C_COST_FLAT]}"
+            )
+        if problem == cost.BAD_BREAKDOWN:
+            raise RankInputError(f"candidates[{at}].cost: prices must be finite numbers >= 0")
+        if problem == cost.BAD_FLAVOR:
+            raise RankInputError(
+                f"candidates[{t.flavors.owner[at]}].flavors[{t.flavors.message(at).id}]"
+                f".cost_per_hour must be a finite number >= 0, got {t.flavors.nums[at, d.F_COST]}"
+            )
+        return prices
 
 
 BUILTIN: list[type[Scorer]] = [

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from hdc_ranker.engine import Defaults, Ranker
 from hdc_ranker.grpc_api import servicer_entry
 from hdc_ranker.history import EVENT_PATTERN, QUEUE, HistoryStore
+from hdc_ranker.memory import retain_freed_memory
 from hdc_ranker.plugins import default_registry
 from hdc_ranker.response import warm_up
 from hdc_ranker.rest_api import RestApi
@@ -87,6 +88,7 @@ def build(settings: RankerSettings) -> Components:
         sessions, half_life_s=settings.history_half_life_s, window=settings.history_window
     )
     ranker = build_ranker(settings, history)
+    retain_freed_memory(settings.malloc_retain_mb)
     warm_up()
     api = RestApi(ranker)
     # Only the gateway's identities are trusted (empty key: every call is refused).

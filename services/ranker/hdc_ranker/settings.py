@@ -39,6 +39,9 @@ class RankerSettings(ServiceSettings):
     history_half_life_s: float = 7 * 24 * 3600.0
     # Outcomes kept per site for the success-rate estimate.
     history_window: int = 200
+    # Freed blocks up to this size stay in the process for the next request instead of
+    # going back to the system (glibc mallopt; see memory.py). 0 = the C library's default.
+    malloc_retain_mb: int = Field(default=64, ge=0)
 
     @field_validator("weights")
     @classmethod

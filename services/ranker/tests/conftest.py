@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,6 +53,66 @@ def candidate(site: str, service: str = "", **kw: Any) -> pb.Candidate:
     return c
 
 
+def random_request(seed: int, n: int = 40) -> pb.RankRequest:
+    """Candidates with random values in every field the decoder reads (and some it skips)."""
+    rng = random.Random(seed)
+    req = pb.RankRequest()
+    req.requirements.tenant = "vo"
+    words = ["", "a", "nvidia", "NVIDIA", "Tesla V100", "ünïcødé-site", "x" * 200]
+    for i in range(n):
+        c = req.candidates.add(
+            site_id=f"site-{rng.randrange(7)}-{rng.choice(words)}", service_id=f"svc-{i}"
+        )
+        c.service_type = rng.choice(words)
+        c.status = rng.randrange(4)
+        for _ in range(rng.randrange(4)):
+            c.flavors.add(
+                id=rng.choice(words),
+                name=rng.choice(words),
+                cpus=rng.randrange(2**32),
+                ram_mb=rng.randrange(2**40),
+                disk_gb=rng.randrange(100),
+                gpus=rng.randrange(3),
+                gpu_vendor=rng.choice(words),
+                gpu_model=rng.choice(words),
+                infiniband=rng.random() < 0.5,
+            )
+            if rng.random() < 0.3:
+                c.flavors[-1].cost_per_hour = rng.random()
+            c.flavors[-1].properties["k"] = "v"  # a field the decoder skips
+        for _ in range(rng.randrange(3)):
+            c.images.add(
+                id=rng.choice(words),
+                os_distribution=rng.choice(["ubuntu", "Ubuntu", "centos"]),
+                cuda=rng.random() < 0.5,
+                cuda_version=rng.choice(["", "11.8", "12.1", "9"]),
+            )
+        for _ in range(rng.randrange(3)):
+            q = c.quotas.add(tenant=rng.choice(["vo", "other"]))
+            if rng.random() < 0.8:
+                q.limits.cores = rng.choice([-1, 0, 10, 2**40])
+            q.limits.instances = rng.randrange(20)
+            q.usage.cores = rng.randrange(10)
+        for _ in range(rng.randrange(3)):
+            c.identity_providers.add(
+                issuer=rng.choice(["https://iam/", "https://iam", "x"]), name="n"
+            )
+        if rng.random() < 0.7:
+            c.freshness.creation_time.seconds = rng.randrange(1, 2**33)
+            c.freshness.creation_time.nanos = rng.randrange(10**9)
+        if rng.random() < 0.5:
+            c.freshness.valid_until.seconds = rng.randrange(1, 2**33)
+        c.freshness.validity_s = rng.randrange(3)
+        c.freshness.stale = rng.random() < 0.2
+        if rng.random() < 0.5:
+            c.cost.per_cpu_hour = rng.random()
+        if rng.random() < 0.5:
+            c.cost_per_hour = rng.random()
+        c.public_cloud = rng.random() < 0.5
+        c.properties["ignored"] = "yes"
+    return req
+
+
 def request(*cands: pb.Candidate, **kw: Any) -> pb.RankRequest:
     req = pb.RankRequest(candidates=list(cands))
     req.options.now.seconds = NOW
@@ -73,7 +134,9 @@ def request(*cands: pb.Candidate, **kw: Any) -> pb.RankRequest:
 
 @pytest.fixture
 def mk() -> SimpleNamespace:
-    return SimpleNamespace(candidate=candidate, request=request, NOW=NOW)
+    return SimpleNamespace(
+        candidate=candidate, request=request, random_request=random_request, NOW=NOW
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

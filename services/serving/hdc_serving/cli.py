@@ -93,6 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--output", "-o", type=Path, help="write the answer here instead of stdout")
 
+    train = sub.add_parser(
+        "train", help="one training run without a server (a batch job); JSON result out"
+    )
+    train.add_argument(
+        "--model",
+        "--model-name",
+        dest="model",
+        help="model name (needed when several are installed)",
+    )
+    train.add_argument(
+        "--args", dest="json_args", default="{}", help="training arguments as one JSON object"
+    )
+    train.add_argument(
+        "--arg", "-a", action="append", default=[], metavar="NAME=VALUE", help="an argument"
+    )
+
     sub.add_parser("models", help="list installed models (deepaas.v2.model entry points)")
 
     cat = sub.add_parser("catalog", help="check a catalog entry JSON file against the schema")
@@ -107,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
             _run(args)
         elif args.command == "predict":
             _predict(args)
+        elif args.command == "train":
+            _train(args)
         elif args.command == "models":
             from hdc_serving.loading import available
 
@@ -265,6 +283,53 @@ def _predict(args: argparse.Namespace) -> None:
     out.flush()
     if failed:
         raise SystemExit(1)
+
+
+def _train(args: argparse.Namespace) -> None:
+    """What POST .../train/ does, in this process: the same argument checks, the model's own
+    train(); the result as JSON on stdout, exit status 1 when training fails."""
+    from hdc_serving.args import ArgumentError
+    from hdc_serving.loading import ModelNotFound, available, inspect, load_object
+    from hdc_serving.worker import _default
+
+    name = args.model
+    if not name:
+        names = sorted(available())
+        if len(names) != 1:
+            raise ConfigError(
+                f"several models installed ({', '.join(names)}); choose one with --model"
+            )
+        name = names[0]
+    try:
+        raw = json.loads(args.json_args or "{}")
+    except ValueError as exc:
+        raise ConfigError(f"--args is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("--args must be one JSON object, e.g. '{\"C\": 0.5}'")
+    for item in args.arg:
+        key, _, value = item.partition("=")
+        try:
+            raw[key] = json.loads(value)
+        except ValueError:
+            raw[key] = value
+    try:
+        obj = load_object(name)
+    except ModelNotFound as exc:
+        raise ConfigError(str(exc)) from None
+    info = inspect(name, obj)
+    if not info.has_train:
+        raise ConfigError(f"model '{name}' cannot be trained (it has no train method)")
+    try:
+        kwargs = info.train.load(raw)
+    except ArgumentError as exc:
+        raise ConfigError(f"training arguments: {exc}") from None
+    os.environ.setdefault("HDC_MODEL_DIR", str(_model_dir()))
+    try:
+        result = obj.train(**kwargs)
+    except Exception as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        raise SystemExit(1) from None
+    print(json.dumps({"model": name, "result": result}, default=_default))
 
 
 def _model_dir() -> Path:

@@ -1,11 +1,24 @@
 """The transactional outbox: rows written in the caller's transaction, relayed to the broker.
 
 `write` adds a row in the caller's session, so the business change and the message that
-announces it commit (or roll back) together. The relay takes unsent rows in id order,
-publishes them as one confirmed batch and marks them sent in the same transaction that
-locked them. With several replicas, `FOR UPDATE SKIP LOCKED` (PostgreSQL) lets each relay
-take different rows. A relay that dies after publishing but before its commit leaves the
-rows unsent, so they are published again: consumers drop that duplicate by event id.
+announces it commit (or roll back) together; the rows of one transaction reach the database
+as one multi-row INSERT at its flush.
+
+The relay takes unsent rows in id order, publishes them as one confirmed batch, then marks
+them sent. How it claims them depends on the database:
+
+* PostgreSQL: `FOR UPDATE SKIP LOCKED` in a transaction held while publishing. Those are
+  row locks: writers of new rows never wait for them, other relays (replicas, or a second
+  Bus of the same service) skip to other rows, and a relay that dies drops its locks with
+  its connection, so its rows are taken again at once.
+* SQLite: a transaction there holds the whole database's write lock (the services begin
+  IMMEDIATE), so the relay must not publish inside one. It reads a batch in a short
+  transaction, claims it in memory (relays of one process never take the same rows),
+  publishes with no transaction open, and marks the rows sent in a second short one.
+
+Either way a relay that dies after publishing but before marking leaves the rows unsent,
+so they are published again (as they would be by two processes sharing one SQLite file):
+consumers drop such a duplicate by event id, so its effect still happens exactly once.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -108,24 +122,51 @@ class Relay:
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_prune = time.monotonic() + prune_every
+        self._dialect_name: str | None = None
+        self._claims_key = ""
 
     def relay_once(self) -> int:
         """Publish one batch of unsent rows; returns how many were published."""
-        with self.sessions() as session, session.begin():
-            rows = session.execute(
-                sa.select(
-                    outbox.c.id,
-                    outbox.c.event_id,
-                    outbox.c.event_type,
-                    outbox.c.exchange,
-                    outbox.c.routing_key,
-                    outbox.c.body,
+        if self._dialect() == "sqlite":
+            return self._relay_claimed()
+        return self._relay_locked()
+
+    def _dialect(self) -> str:
+        if self._dialect_name is None:
+            with self.sessions() as session:
+                bind = session.get_bind()
+                self._dialect_name = bind.dialect.name
+                self._claims_key = bind.engine.url.render_as_string(hide_password=True)
+        return self._dialect_name
+
+    def _relay_claimed(self) -> int:
+        """Claim (in this process), publish outside any transaction, mark sent."""
+        claims = _claims_for(self._claims_key)
+        with claims.lock:
+            with self.sessions() as session, session.begin():
+                query = _unsent(self.batch)
+                if claims.ids:
+                    query = query.where(outbox.c.id.not_in(claims.ids))
+                rows = session.execute(query).all()
+            ids = [r.id for r in rows]
+            claims.ids.update(ids)
+        if not rows:
+            return 0
+        try:
+            self.publisher.publish([_outgoing(r) for r in rows])
+            with self.sessions() as session, session.begin():
+                session.execute(
+                    sa.update(outbox).where(outbox.c.id.in_(ids)).values(sent_at=datetime.now(UTC))
                 )
-                .where(outbox.c.sent_at.is_(None))
-                .order_by(outbox.c.id)
-                .limit(self.batch)
-                .with_for_update(skip_locked=True)
-            ).all()
+        finally:
+            with claims.lock:
+                claims.ids.difference_update(ids)
+        return len(rows)
+
+    def _relay_locked(self) -> int:
+        """Lock (FOR UPDATE SKIP LOCKED), publish, mark sent, commit."""
+        with self.sessions() as session, session.begin():
+            rows = session.execute(_unsent(self.batch).with_for_update(skip_locked=True)).all()
             if not rows:
                 return 0
             self.publisher.publish([_outgoing(r) for r in rows])
@@ -187,6 +228,39 @@ class Relay:
                 self._stop_event.wait(self.backoff_max)
                 continue
             self.wake.wait(self.interval)
+
+
+def _unsent(batch: int) -> sa.Select:
+    return (
+        sa.select(
+            outbox.c.id,
+            outbox.c.event_id,
+            outbox.c.event_type,
+            outbox.c.exchange,
+            outbox.c.routing_key,
+            outbox.c.body,
+        )
+        .where(outbox.c.sent_at.is_(None))
+        .order_by(outbox.c.id)
+        .limit(batch)
+    )
+
+
+@dataclass
+class _Claims:
+    """Outbox rows that a relay of this process is publishing (SQLite: no row locks)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ids: set[int] = field(default_factory=set)
+
+
+_CLAIMS: dict[str, _Claims] = {}
+_CLAIMS_LOCK = threading.Lock()
+
+
+def _claims_for(database: str) -> _Claims:
+    with _CLAIMS_LOCK:
+        return _CLAIMS.setdefault(database, _Claims())
 
 
 def _outgoing(row: sa.Row) -> Outgoing:

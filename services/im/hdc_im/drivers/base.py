@@ -9,6 +9,7 @@ reconciler lists what carries TAG_INFRA and removes what the database does not k
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,10 @@ from hdc_im.topology import NodeSpec
 TAG_INFRA = "hdc-infrastructure-id"
 TAG_TOKEN = "hdc-vm-token"
 TAG_NODE = "hdc-node"
+
+# record(kind, name, provider_id): writes a CloudResource row; called before a create call
+# (provider_id None) and again once the cloud has answered with the id.
+Recorder = Callable[[str, str, str | None], None]
 
 
 class CloudError(Exception):
@@ -39,6 +44,7 @@ class VmRequest:
     node: NodeSpec
     user_data: str = ""
     shared: dict[str, Any] = field(default_factory=dict)  # what prepare() made
+    record: Recorder | None = None
 
 
 @dataclass
@@ -58,7 +64,7 @@ class Tagged:
     kind: str  # "vm" or a shared resource kind
     provider_id: str
     infrastructure_id: str
-    token: str = ""
+    token: str = ""  # set on per-VM resources (a VM, its public address)
 
 
 class Driver(abc.ABC):
@@ -71,6 +77,12 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def create_vm(self, req: VmRequest) -> VmStatus: ...
+
+    def finish_vm(self, req: VmRequest, status: VmStatus) -> VmStatus:
+        """The step after the VM runs (a public address, ...); called with a running status
+        until it returns a state other than pending. Idempotent: a retry finds what an earlier
+        call made (by tag) instead of making it again."""
+        return status
 
     @abc.abstractmethod
     def find_vm(self, infrastructure_id: str, token: str) -> VmStatus | None: ...
@@ -99,6 +111,12 @@ class Driver(abc.ABC):
         self, infrastructure_id: str, resources: list[tuple[str, str, str | None]]
     ) -> None:
         """Destroy shared resources (kind, name, provider_id) made by prepare(); idempotent."""
+
+    def remove_tagged(self, tagged: Tagged) -> None:
+        """Remove one tagged non-VM resource (the reconciler's per-resource clean-up)."""
+        self.release(
+            tagged.infrastructure_id, [(tagged.kind, tagged.provider_id, tagged.provider_id)]
+        )
 
     @abc.abstractmethod
     def list_tagged(self) -> list[Tagged]: ...

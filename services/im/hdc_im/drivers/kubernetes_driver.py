@@ -1,8 +1,14 @@
 """Container nodes on Kubernetes: a Deployment + NodePort Service per instance (a Job for
-batch nodes), with CPU/memory/GPU requests, environment, and exposed ports as outputs."""
+batch nodes), with CPU/memory/GPU requests, environment, and exposed ports as outputs.
+
+A node's secret environment values become a Secret (same name as the Deployment, made
+before it, labelled like it) that the container reads through `valueFrom.secretKeyRef`:
+the values never appear in the Deployment, and the Secret goes with the instance.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -79,11 +85,21 @@ class KubernetesDriver(Driver):
         if node.gpus:
             limits["nvidia.com/gpu"] = str(node.gpus)
             requests["nvidia.com/gpu"] = str(node.gpus)
+        env = [k8s.V1EnvVar(name=k, value=v) for k, v in node.environment.items()]
+        env += [
+            k8s.V1EnvVar(
+                name=k,
+                value_from=k8s.V1EnvVarSource(
+                    secret_key_ref=k8s.V1SecretKeySelector(name=_name(req), key=k)
+                ),
+            )
+            for k in node.secrets
+        ]
         return k8s.V1Container(
             name="main",
             image=node.image,
             args=["/bin/sh", "-c", node.command] if node.command else None,
-            env=[k8s.V1EnvVar(name=k, value=v) for k, v in node.environment.items()] or None,
+            env=env or None,
             ports=[
                 k8s.V1ContainerPort(container_port=p["port"], protocol=p["protocol"].upper())
                 for p in node.ports.values()
@@ -105,6 +121,8 @@ class KubernetesDriver(Driver):
             TAG_NODE: re.sub(r"[^A-Za-z0-9_.-]", "-", node.name)[:63],
         }
         meta = k8s.V1ObjectMeta(name=name, labels={**node.labels, **labels})
+        if node.secrets:
+            self._make_secret(req, meta)
         pod = k8s.V1PodTemplateSpec(
             metadata=k8s.V1ObjectMeta(labels={TAG_TOKEN: req.token}),
             spec=k8s.V1PodSpec(
@@ -159,6 +177,23 @@ class KubernetesDriver(Driver):
         if status is None:
             raise CloudError(f"{name} vanished right after creation")
         return status
+
+    def _make_secret(self, req: VmRequest, meta: k8s.V1ObjectMeta) -> None:
+        """The Secret the container's secret environment comes from; made before the
+        workload (a pod whose secret is missing does not start), recorded around the call."""
+        record = req.record or (lambda *_: None)
+        record("secret", meta.name, None)
+        secret = k8s.V1Secret(
+            metadata=meta,
+            type="Opaque",
+            data={k: base64.b64encode(v.encode()).decode() for k, v in req.node.secrets.items()},
+        )
+        try:
+            self.core.create_namespaced_secret(self.ns, secret)
+        except ApiException as exc:
+            if exc.status != 409:  # 409: made by an earlier attempt (the name is the key)
+                raise CloudError(_api_message(exc), bad_input=exc.status in (400, 422)) from None
+        record("secret", meta.name, meta.name)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -247,6 +282,12 @@ class KubernetesDriver(Driver):
         else:
             self._call(self.apps.delete_namespaced_deployment, name, self.ns, missing_ok=True)
         self._call(self.core.delete_namespaced_service, name, self.ns, missing_ok=True)
+        self._call(self.core.delete_namespaced_secret, name, self.ns, missing_ok=True)
+
+    def release(self, infrastructure_id: str, resources: list[tuple[str, str, str | None]]) -> None:
+        for kind, name, _pid in resources:
+            if kind == "secret":
+                self._call(self.core.delete_namespaced_secret, name, self.ns, missing_ok=True)
 
     def _scale(self, provider_id: str, replicas: int) -> None:
         kind, name = provider_id.split("/", 1)
@@ -321,4 +362,15 @@ class KubernetesDriver(Driver):
                         labels.get(TAG_TOKEN, ""),
                     )
                 )
+        secrets = self._call(self.core.list_namespaced_secret, self.ns, label_selector=TAG_INFRA)
+        for item in secrets.items:
+            labels = item.metadata.labels or {}
+            out.append(
+                Tagged(
+                    "secret",
+                    item.metadata.name,
+                    labels.get(TAG_INFRA, ""),
+                    labels.get(TAG_TOKEN, ""),
+                )
+            )
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import uuid
 from typing import Any
@@ -26,6 +27,8 @@ from hdc_im.drivers.base import (
     VmRequest,
     VmStatus,
 )
+from hdc_im.drivers.ec2_network import Ec2Network
+from hdc_im.drivers.neutron import Neutron
 from hdc_im.topology import NodeSpec
 
 _STATES = {
@@ -178,6 +181,9 @@ class LibcloudDriver(Driver):
             # SigV4: what every AWS region accepts today (and what names the service in the
             # request, which EC2-compatible endpoints route on)
             opts.setdefault("signature_version", "4")
+            # hdc's own network settings, not libcloud arguments
+            network = str(opts.pop("network", "") or creds.get("network", ""))
+            cidr = str(opts.pop("network_cidr", "") or creds.get("network_cidr", ""))
             cls = get_driver(Provider.EC2)
             self.conn = cls(
                 creds.get("username", ""),
@@ -185,9 +191,18 @@ class LibcloudDriver(Driver):
                 region=region or creds.get("region", "us-east-1"),
                 **opts,
             )
+            self.ec2net = Ec2Network(self.conn, network, cidr)
         elif kind == "openstack":
+            # hdc's own network settings, not libcloud arguments
+            network = str(opts.pop("network", "") or creds.get("network", ""))
+            external = str(opts.pop("external_network", "") or creds.get("external_network", ""))
+            cidr = str(opts.pop("network_cidr", "") or creds.get("network_cidr", ""))
+            # the 2.x driver: it talks to Neutron (networks, floating IPs) besides Nova
+            opts.setdefault("api_version", "2.0")
             cls = get_driver(Provider.OPENSTACK)
-            auth_url = endpoint or creds.get("host", "")
+            # Sites publish Keystone's v3 URL (what the info agent authenticates at);
+            # libcloud appends /v3/auth/tokens itself.
+            auth_url = re.sub(r"/v3/?$", "", endpoint or creds.get("host", ""))
             opts.setdefault("ex_force_auth_url", auth_url)
             opts.setdefault("ex_force_auth_version", creds.get("auth_version", "3.x_password"))
             opts.setdefault("ex_tenant_name", creds.get("tenant", ""))
@@ -195,6 +210,7 @@ class LibcloudDriver(Driver):
             if region or creds.get("region"):
                 opts.setdefault("ex_force_service_region", region or creds.get("region"))
             self.conn = cls(creds.get("username", ""), creds.get("password", ""), **opts)
+            self.neutron = Neutron(self.conn, network, external, cidr)
         else:
             name = provider or creds.get("driver", "")
             if not name:
@@ -247,6 +263,9 @@ class LibcloudDriver(Driver):
 
     def prepare(self, infrastructure_id: str, nodes: list[NodeSpec], record: Any) -> dict[str, Any]:
         shared: dict[str, Any] = {}
+        if self.kind == "openstack":
+            vms = [n for n in nodes if n.kind == "vm"]
+            return self.neutron.prepare(infrastructure_id, vms, record)
         if self.kind != "ec2":
             return shared
         images = {image_id(n.image or self.default_image) for n in nodes}
@@ -263,28 +282,9 @@ class LibcloudDriver(Driver):
                 raise CloudError(
                     f"InvalidAMIID.NotFound: image {img} does not exist", bad_input=True
                 )
-        ports = {
-            (p["port"], p["protocol"], p["remote_cidr"]) for n in nodes for p in n.ports.values()
-        }
-        name = f"hdc-{infrastructure_id}"
-        record("security_group", name, None)
-        existing = _call(self.conn.ex_get_security_groups, filters={"group-name": name})
-        if existing:
-            group_id = existing[0].id
-        else:
-            group_id = _call(self._create_tagged_group, name, infrastructure_id)
-            for port, proto, cidr in sorted(ports):
-                _call(
-                    self.conn.ex_authorize_security_group_ingress,
-                    group_id,
-                    port,
-                    port,
-                    cidr_ips=[cidr],
-                    protocol=proto,
-                )
-        record("security_group", name, group_id)
-        shared["security_group_id"] = group_id
-        shared["security_group_name"] = name
+        shared = self.ec2net.prepare(
+            infrastructure_id, [n for n in nodes if n.kind == "vm"], record
+        )
         shared["key_pairs"] = {}
         for node in nodes:
             if not node.ssh_keys:
@@ -317,20 +317,6 @@ class LibcloudDriver(Driver):
         }
         self.conn.connection.request(self.conn.path, params=params)
 
-    def _create_tagged_group(self, name: str, infrastructure_id: str) -> str:
-        # Tagged in the create call itself (TagSpecification), like the instances: a crash
-        # can never leave an untagged group behind.
-        params = {
-            "Action": "CreateSecurityGroup",
-            "GroupName": name,
-            "GroupDescription": f"hdc infrastructure {infrastructure_id}",
-            "TagSpecification.1.ResourceType": "security-group",
-            "TagSpecification.1.Tag.1.Key": TAG_INFRA,
-            "TagSpecification.1.Tag.1.Value": infrastructure_id,
-        }
-        res = self.conn.connection.request(self.conn.path, params=params).object
-        return findtext(element=res, xpath="groupId", namespace=NAMESPACE)
-
     def create_vm(self, req: VmRequest) -> VmStatus:
         node = req.node
         tags = {TAG_INFRA: req.infrastructure_id, TAG_TOKEN: req.token, TAG_NODE: node.name}
@@ -341,6 +327,9 @@ class LibcloudDriver(Driver):
             or self.default_instance_type
             or ("t3.micro" if self.kind == "ec2" else "small")
         )
+        if self.kind == "openstack":
+            # Nova takes a flavor id; templates (and placement) name the flavor.
+            size_id = self._flavor_id(size_id)
         size = NodeSize(
             id=size_id,
             name=size_id,
@@ -354,8 +343,7 @@ class LibcloudDriver(Driver):
         if self.kind == "ec2":
             kwargs["ex_clienttoken"] = req.token
             kwargs["ex_userdata"] = req.user_data
-            if req.shared.get("security_group_name"):
-                kwargs["ex_security_groups"] = [req.shared["security_group_name"]]
+            kwargs.update(Ec2Network.boot_args(req))
             if req.shared.get("key_pairs", {}).get(node.name):
                 kwargs["ex_keyname"] = req.shared["key_pairs"][node.name]
             if node.volumes:
@@ -373,6 +361,7 @@ class LibcloudDriver(Driver):
                 ]
         elif self.kind == "openstack":
             kwargs["ex_userdata"] = req.user_data
+            kwargs.update(self.neutron.boot_args(req))
             if node.volumes:
                 kwargs["ex_blockdevicemappings"] = [
                     {
@@ -387,6 +376,28 @@ class LibcloudDriver(Driver):
         created = _call(self.conn.create_node, name, size, img, **kwargs)
         return self._status(created)
 
+    def _flavor_id(self, name_or_id: str) -> str:
+        sizes = _call(self.conn.list_sizes)
+        for size in sizes:
+            if str(size.id) == name_or_id:
+                return name_or_id
+        return next((str(s.id) for s in sizes if s.name == name_or_id), name_or_id)
+
+    def finish_vm(self, req: VmRequest, status: VmStatus) -> VmStatus:
+        if not req.node.public or self.kind not in ("openstack", "ec2"):
+            return status
+        if self.kind == "ec2":
+            ip = self.ec2net.elastic_ip(req, status.provider_id)
+        else:
+            ip = self.neutron.floating_ip(req, status.provider_id)
+        if ip is None:  # Nova has not plugged the VM into its network yet
+            return VmStatus(
+                status.provider_id, "pending", None, status.private_ip, info=status.info
+            )
+        return VmStatus(
+            status.provider_id, status.state, ip, status.private_ip, status.ports, status.info
+        )
+
     def find_vm(self, infrastructure_id: str, token: str) -> VmStatus | None:
         nodes = self._nodes({TAG_TOKEN: token})
         return self._status(nodes[0]) if nodes else None
@@ -397,8 +408,16 @@ class LibcloudDriver(Driver):
 
     def destroy_vm(self, provider_id: str) -> None:
         node = self._node(provider_id)
-        if node is not None:
-            _call(self.conn.destroy_node, node)
+        if node is None:
+            return
+        tags = self._tags(node)
+        if self.kind == "openstack" and tags.get(TAG_TOKEN):
+            # a floating IP outlives its server's port: release it with the VM
+            self.neutron.release_vm(tags.get(TAG_INFRA, ""), tags[TAG_TOKEN])
+        elif self.kind == "ec2" and tags.get(TAG_TOKEN):
+            # so does an elastic IP its instance (and it bills while allocated)
+            self.ec2net.release_vm(tags[TAG_TOKEN])
+        _call(self.conn.destroy_node, node)
 
     def _op(self, provider_id: str, op: str) -> None:
         node = self._node(provider_id)
@@ -453,14 +472,14 @@ class LibcloudDriver(Driver):
             raise CloudError(f"{self.provider_type} sites cannot resize a VM", bad_input=True)
 
     def release(self, infrastructure_id: str, resources: list[tuple[str, str, str | None]]) -> None:
+        if self.kind == "openstack":
+            self.neutron.release(infrastructure_id, resources)
+            return
+        if self.kind != "ec2":
+            return
+        self.ec2net.release(infrastructure_id, resources)
         for kind, name, _pid in resources:
-            if self.kind != "ec2":
-                continue
-            if kind == "security_group" and _call(
-                self.conn.ex_get_security_groups, filters={"group-name": name}
-            ):
-                _call(self.conn.ex_delete_security_group_by_name, name)
-            elif kind == "key_pair" and _call(self._key_pair_exists, name):
+            if kind == "key_pair" and _call(self._key_pair_exists, name):
                 _call(
                     self.conn.connection.request,
                     self.conn.path,
@@ -481,7 +500,15 @@ class LibcloudDriver(Driver):
             if TAG_INFRA in tags:
                 out.append(Tagged("vm", str(n.id), tags[TAG_INFRA], tags.get(TAG_TOKEN, "")))
         if self.kind == "ec2":
-            for g in _call(self.conn.ex_get_security_groups, filters={"tag-key": TAG_INFRA}):
-                tags = (g.extra or {}).get("tags") or {}
-                out.append(Tagged("security_group", g.name, tags.get(TAG_INFRA, "")))
+            out += self.ec2net.list_tagged()
+        if self.kind == "openstack":
+            out += self.neutron.list_tagged()
         return out
+
+    def remove_tagged(self, tagged: Tagged) -> None:
+        if self.kind == "openstack":
+            self.neutron.remove(tagged)
+        elif self.kind == "ec2":
+            self.ec2net.remove(tagged)
+        else:
+            super().remove_tagged(tagged)

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,31 @@ ENV_INFRA = "HDC_INFRASTRUCTURE_ID"
 ENV_TOKEN = "HDC_VM_TOKEN"
 # hdc-serving's setting: with the gateway's key, the model refuses calls that skip the gateway.
 ENV_IDENTITY_KEY = "HDC_SERVING_IDENTITY_PUBLIC_KEY"
+
+
+# The children this process started, by pid: terminating one waits on it (reaps it), so no
+# zombie is left behind. A process started by an earlier run of the im is not our child;
+# its exit is watched through /proc instead (its parent, init, reaps it).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+_CHILDREN_LOCK = threading.Lock()
+_TERM_GRACE_S = 5.0
+
+
+def _child(pid: int) -> subprocess.Popen | None:
+    with _CHILDREN_LOCK:
+        return _CHILDREN.get(pid)
+
+
+def _forget(pid: int) -> None:
+    with _CHILDREN_LOCK:
+        _CHILDREN.pop(pid, None)
+
+
+def _reap_exited(pid: int | None) -> None:
+    """A child of ours that exited on its own is reaped now, not left a zombie."""
+    proc = _child(pid) if pid else None
+    if proc is not None and proc.poll() is not None:
+        _forget(pid)
 
 
 def _free_port(host: str) -> int:
@@ -89,11 +115,14 @@ class LocalDriver(Driver):
 
     def _write(self, token: str, data: dict[str, Any]) -> None:
         tmp = self._path(token).with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data))
         tmp.replace(self._path(token))
 
     def _status(self, rec: dict[str, Any]) -> VmStatus:
         pid, port, token = rec.get("pid"), rec["port"], rec["token"]
+        _reap_exited(pid)
         url = f"http://{self.host}:{port}"
         ports = {name: port for name in rec.get("port_names", [])}
         ports["url"] = url
@@ -143,6 +172,8 @@ class LocalDriver(Driver):
             raise CloudError(f"cannot start {argv[0]}: {exc.strerror}") from None
         finally:
             log.close()
+        with _CHILDREN_LOCK:
+            _CHILDREN[proc.pid] = proc
         return proc.pid
 
     def create_vm(self, req: VmRequest) -> VmStatus:
@@ -161,10 +192,11 @@ class LocalDriver(Driver):
             "port": _free_port(self.host),
             "pid": None,
             "port_names": list(node.ports),
-            "environment": node.environment,
+            # secrets too: a restart needs them (the state file is readable by its owner only)
+            "environment": {**node.environment, **node.secrets},
         }
         self._write(req.token, rec)  # recorded before the process exists
-        rec["pid"] = self._spawn(rec, node.environment)
+        rec["pid"] = self._spawn(rec, rec["environment"])
         rec["spawned_at"] = time.time()
         self._write(req.token, rec)
         return self._status(rec)
@@ -184,21 +216,50 @@ class LocalDriver(Driver):
         return self._status(rec) if rec else None
 
     def _terminate(self, rec: dict[str, Any]) -> None:
+        """SIGTERM to the process group, a grace period, then SIGKILL; our own child is
+        waited for (reaped) each time, so it never stays behind as a zombie."""
         pid = rec.get("pid")
+        if not pid:
+            return
+        proc = _child(pid)
+        if proc is not None:
+            self._terminate_child(proc)
+            return
         born = rec.get("spawned_at", 0.0)
-        if not pid or not _alive(pid, rec["token"], born):
+        if not _alive(pid, rec["token"], born):
             return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + _TERM_GRACE_S
+            while time.monotonic() < deadline and _alive(pid, rec["token"], born):
+                time.sleep(0.05)
+            if not _alive(pid, rec["token"], born):
+                return
+
+    @staticmethod
+    def _terminate_child(proc: subprocess.Popen) -> None:
         try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _alive(pid, rec["token"], born):
-            time.sleep(0.05)
-        if _alive(pid, rec["token"], born):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap when it was our child
+            if proc.poll() is None:
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    with contextlib.suppress(ProcessLookupError):
+                        # the whole group: whatever the model started goes too
+                        os.killpg(proc.pid, sig)
+                    try:
+                        proc.wait(timeout=_TERM_GRACE_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+                else:
+                    # SIGKILL cannot be ignored; only a process stuck in the kernel outlasts
+                    # this, and it stays registered so the next status read reaps it
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=30)
+        finally:
+            if proc.returncode is not None:
+                _forget(proc.pid)
 
     def destroy_vm(self, provider_id: str) -> None:
         rec = self._read(provider_id)

@@ -124,7 +124,8 @@ class MarathonDriver(Driver):
             mem=node.memory_mb or 512,
             gpus=node.gpus or None,
             instances=1,
-            env=node.environment or None,
+            # open-source Marathon has no secret store: secrets travel as environment
+            env={**node.environment, **node.secrets} or None,
             labels=labels,
             constraints=node.constraints or None,
             container=MarathonContainer(type="DOCKER", docker=docker),

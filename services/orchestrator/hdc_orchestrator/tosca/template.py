@@ -22,6 +22,7 @@ from toscaparser.common.exception import ExceptionCollector
 from toscaparser.elements.scalarunit import ScalarUnit_Size
 from toscaparser.tosca_template import ToscaTemplate
 
+from hdc_orchestrator.site_groups import GroupError, plan_groups
 from hdc_orchestrator.tosca.functions import FunctionError, resolve
 from hdc_orchestrator.tosca.imports import ImportRefused, rewrite_imports
 from hdc_orchestrator.tosca.inputs import InputError, check_inputs, is_secret_name
@@ -31,6 +32,15 @@ COMPUTE = "tosca.nodes.Compute"
 DOCKER_RUNTIME = "tosca.nodes.indigo.Container.Runtime.Docker"
 SLA_PLACEMENT = "tosca.policies.indigo.SlaPlacement"
 PROVIDER_PLACEMENT = "tosca.policies.indigo.Placement"
+CONTAINER_APP = "tosca.nodes.Container.Application"
+BATCH_APP = "tosca.nodes.indigo.Container.Application.Docker.Chronos"
+# Which services can run what a template holds (INDIGO's deployment types, by the service
+# types site agents publish): virtual machines need an IaaS cloud; long-running containers a
+# container platform (the local site runs them as processes); batch jobs a platform with
+# jobs. The im has a driver for each of these.
+IAAS_SERVICE_TYPES = ("org.openstack.nova", "openstack", "com.amazonaws.ec2", "ec2", "dummy")
+CONTAINER_SERVICE_TYPES = ("eu.indigo-datacloud.marathon", "marathon", "kubernetes", "local")
+BATCH_SERVICE_TYPES = ("kubernetes",)
 
 # tosca-parser keeps its error collector in class attributes: one parse at a time.
 _PARSE_LOCK = threading.Lock()
@@ -287,6 +297,17 @@ def _size(value: Any, unit: str, where: str) -> int:
         raise TemplateError(f"{where}: {value!r} is not a size like '2 GB'") from None
 
 
+def _service_types(nodes: dict[str, NodeInfo]) -> list[str]:
+    """The service types able to run the template (empty: any; nothing recognisable)."""
+    chains = [set(n.types) for n in nodes.values()]
+    if any(COMPUTE in c and DOCKER_RUNTIME not in c for c in chains):
+        return list(IAAS_SERVICE_TYPES)  # containers in such templates run on its VMs
+    apps = [c for c in chains if CONTAINER_APP in c]
+    if any(BATCH_APP in c for c in apps):
+        return list(BATCH_SERVICE_TYPES)
+    return list(CONTAINER_SERVICE_TYPES) if apps else []
+
+
 def _requirements(
     parsed: ToscaTemplate, topology: dict[str, Any], nodes: dict[str, NodeInfo]
 ) -> dict[str, Any]:
@@ -294,6 +315,7 @@ def _requirements(
     req: dict[str, Any] = {
         "cpus": 0, "ram_mb": 0, "disk_gb": 0, "gpu": {"count": 0, "vendor": "", "model": ""},
         "infiniband": False, "image": {}, "instances": 0, "sla_ids": [], "site_ids": [],
+        "service_types": _service_types(nodes),
     }  # fmt: skip
     images: set[str] = set()
     for name, info in nodes.items():
@@ -333,11 +355,14 @@ def _requirements(
                 req["image"] = {k: v for k, v in image.items() if v}
     # Property values from the resolved topology: tosca-parser leaves get_input unresolved.
     resolved_policies: dict[str, dict[str, Any]] = {}
+    targets: dict[str, list[str]] = {}
     for entry in topology.get("policies") or []:
         if isinstance(entry, dict):
             for name, body in entry.items():
                 if isinstance(body, dict):
                     resolved_policies[name] = body.get("properties") or {}
+                    targets[name] = [str(t) for t in body.get("targets") or []]
+    placements: list[tuple[str, str, list[str]]] = []
     for policy in parsed.policies:
         props = {p.name: p.value for p in policy.get_properties_objects()}
         props.update(resolved_policies.get(policy.name, {}))
@@ -345,4 +370,13 @@ def _requirements(
             req["sla_ids"].append(str(props["sla_id"]))
         elif policy.is_derived_from(PROVIDER_PLACEMENT) and props.get("provider"):
             req["site_ids"].append(str(props["provider"]))
+            placements.append((policy.name, str(props["provider"]), targets.get(policy.name, [])))
+    # Policies sending virtual machines to different sites: one infrastructure per site.
+    vms = [name for name, info in nodes.items() if info.compute]
+    try:
+        groups = plan_groups(topology["node_templates"], vms, placements)
+    except GroupError as exc:
+        raise TemplateError(str(exc)) from None
+    if groups:
+        req["site_groups"] = groups
     return req

@@ -1,4 +1,4 @@
-"""Import of cloud-info-provider's GLUE 2.1 JSON (`cloud-info-provider-service --format glue21`).
+"""Import of cloud-info-provider's GLUE 2.1 JSON (`cloud-info-provider-service --format glue21json`).
 
 A site already running cloud-info-provider points this collector at its output file and
 joins without other changes. The document maps GLUE class names to lists of objects
@@ -7,12 +7,16 @@ joins without other changes. The document maps GLUE class names to lists of obje
 - CloudComputingEndpoint (URL, InterfaceName, HealthState) -> the service;
 - CloudComputingInstanceType (CPU, RAM MB, Disk GB) -> flavors, with the
   CloudComputingVirtualAccelerator associated to it (Type GPU, Number, Vendor, Model);
-- CloudComputingImage (OSName, OSVersion, OSPlatform; CUDA facts in OtherInfo) -> images;
+- CloudComputingImage (OSName, OSVersion, OSPlatform, MarketplaceURL; CUDA facts in
+  OtherInfo when a site puts them there: cloud-info-provider 1.x does not publish them) ->
+  images;
 - Share (ProjectID, MaxVM, OtherInfo.quotas) + the MappingPolicy's PolicyUserDomain (the VO)
   -> per-tenant quotas.
 
-Records keep their own GLUE CreationTime/Validity. Associations may be a list or a single
-id in real output; both are accepted.
+Records keep their own GLUE CreationTime/Validity. Both shapes seen in real output are
+read: cloud-info-provider 1.x (GLUE21Json formatter: every class a list, associations lists,
+one copy of each image/instance type/accelerator per share) and the 0.x JSON template
+(CloudComputingManager a single object, associations single ids, MarketPlaceURL).
 """
 
 from __future__ import annotations
@@ -126,6 +130,15 @@ def parse_glue21(doc: Any, cfg: GlueCollectorConfig) -> list[dict[str, Any]]:
             other = img.get("OtherInfo") or {}
             cuda = _known(other.get("gpu_cuda") or other.get("cuda_version"))
             arch = _known(img.get("OSPlatform")).lower()
+            # 1.x spells it MarketplaceURL, the 0.x templates MarketPlaceURL.
+            marketplace = _known(img.get("MarketplaceURL") or img.get("MarketPlaceURL"))
+            props = {
+                k: str(v)[:1024]
+                for k, v in list(other.items())[:199]
+                if isinstance(v, str | int | float | bool)
+            }
+            if marketplace:
+                props["marketplace_url"] = marketplace[:1024]
             images[str(img["ID"])] = {
                 "id": str(img["ID"]),
                 "name": str(img.get("Name") or "")[:255],
@@ -138,11 +151,7 @@ def parse_glue21(doc: Any, cfg: GlueCollectorConfig) -> list[dict[str, Any]]:
                 "cudnn_version": _known(other.get("gpu_cudnn")),
                 "gpu_driver": _known(other.get("gpu_driver")),
                 "description": _known(img.get("Description"))[:1024],
-                "properties": {
-                    k: str(v)[:1024]
-                    for k, v in list(other.items())[:200]
-                    if isinstance(v, str | int | float | bool)
-                },
+                "properties": props,
                 **_fresh(img),
             }
         quotas: dict[str, dict[str, Any]] = {}
