@@ -146,6 +146,10 @@ def _next(at, pos, end):
     return tag, 0, p, skip(at, p, end, wt)
 
 
+# The same reader as a call, for the code that is not hot (inlining takes compile time).
+next_field = njit(cache=True)(_next.py_func)
+
+
 @njit(cache=True, inline="always")
 def _same_bytes(at, a, b, n):
     for k in range(n):  # noqa: SIM110 - compiled by numba: a plain loop
@@ -172,6 +176,9 @@ def _timestamp(at, s, e):
     if secs == 0 and nanos == 0:
         return True, np.nan
     return True, secs + nanos * 1e-9
+
+
+read_timestamp = njit(cache=True)(_timestamp.py_func)
 
 
 @njit(cache=True, inline="always")
@@ -369,7 +376,7 @@ def _count_children(at, s, e):
     n_p = n_f = n_i = 0
     pos = s
     while pos < e:
-        tag, _, _, q = _next(at, pos, e)
+        tag, _, _, q = next_field(at, pos, e)
         if q < 0:
             break
         if tag == 0x3A:
@@ -396,7 +403,7 @@ def scan_request(buf, exact):
     n_h = 0
     pos = 0
     while pos < end:
-        tag, _, _, q = _next(at, pos, end)
+        tag, _, _, q = next_field(at, pos, end)
         if q < 0:
             return False, _EMPTY_SPANS, _EMPTY_SPANS, 0, 0, (0, 0, 0)
         if tag == 0x2A:
@@ -411,7 +418,7 @@ def scan_request(buf, exact):
     i = j = 0
     pos = 0
     while pos < end:
-        tag, _, vs, q = _next(at, pos, end)
+        tag, _, vs, q = next_field(at, pos, end)
         if tag == 0x2A:
             cands[i, 0] = vs
             cands[i, 1] = q
@@ -428,7 +435,7 @@ def scan_request(buf, exact):
             if tag == 0x0A:  # requirements: their tenant (field 8) picks the quota
                 rp = vs
                 while rp < q:
-                    rtag, rv, rvs, rq = _next(at, rp, q)
+                    rtag, rv, rvs, rq = next_field(at, rp, q)
                     if rq < 0:
                         break  # the protobuf library reports it when it parses the head
                     if rtag == 0x42:
@@ -666,7 +673,7 @@ def hash_records(buf, ci, idx, tag):
         pos = ci[c, C_START]
         e = ci[c, C_END]
         while pos < e:
-            t, v, vs, q = _next(at, pos, e)
+            t, v, vs, q = next_field(at, pos, e)
             if q < 0:
                 break
             if t == tag:

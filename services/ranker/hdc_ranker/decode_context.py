@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from hdc_ranker.decode import _next, _timestamp
+from hdc_ranker.decode import next_field, read_timestamp
 from hdc_ranker.wire import EMPTY_HASH, ERR_MALFORMED, OK, double_at, hash_span
 
 # Request fields.
@@ -41,7 +41,7 @@ def _count(at, head):
     """(SLAs, targets, preferences, monitoring entries, probes) in the head spans."""
     n_s = n_t = n_p = n_m = n_r = 0
     for j in range(head.shape[0]):
-        tag, _, vs, q = _next(at, head[j, 0], head[j, 1])
+        tag, _, vs, q = next_field(at, head[j, 0], head[j, 1])
         if q < 0:
             continue
         if tag == T_SLA:
@@ -54,7 +54,7 @@ def _count(at, head):
             continue
         pos = vs
         while pos < q:
-            stag, _, _, sq = _next(at, pos, q)
+            stag, _, _, sq = next_field(at, pos, q)
             if sq < 0:
                 break
             if tag == T_SLA and stag == 0x22:
@@ -92,7 +92,7 @@ def decode_context(buf, head):
     status = OK
     i_s = i_t = i_p = i_m = i_r = 0
     for j in range(head.shape[0]):
-        tag, _, vs, q = _next(at, head[j, 0], head[j, 1])
+        tag, _, vs, q = next_field(at, head[j, 0], head[j, 1])
         if q < 0 or (tag != T_SLA and tag != T_PREFERENCE and tag != T_MONITORING):
             continue
         for k in range(3):
@@ -105,7 +105,7 @@ def decode_context(buf, head):
                 ph[i_p, k] = EMPTY_HASH
         pos = vs
         while pos < q:
-            stag, v, svs, sq = _next(at, pos, q)
+            stag, v, svs, sq = next_field(at, pos, q)
             if sq < 0:
                 status = ERR_MALFORMED
                 break
@@ -124,7 +124,7 @@ def decode_context(buf, head):
                     t_span[i_t, 1] = 0
                     ep = svs
                     while ep < sq:
-                        etag, ev, evs, eq = _next(at, ep, sq)
+                        etag, ev, evs, eq = next_field(at, ep, sq)
                         if eq < 0:
                             status = ERR_MALFORMED
                             break
@@ -137,7 +137,7 @@ def decode_context(buf, head):
                         ep = eq
                     i_t += 1
                 elif stag == 0x2A or stag == 0x32:
-                    good, t = _timestamp(at, svs, sq)
+                    good, t = read_timestamp(at, svs, sq)
                     if not good:
                         status = ERR_MALFORMED
                     st[i_s, S_START if stag == 0x2A else S_END] = t
@@ -165,7 +165,7 @@ def decode_context(buf, head):
                     r_num[i_r, R_RESPONSE_MS] = 0.0
                     ep = svs
                     while ep < sq:
-                        etag, ev, evs, eq = _next(at, ep, sq)
+                        etag, ev, evs, eq = next_field(at, ep, sq)
                         if eq < 0:
                             status = ERR_MALFORMED
                             break
@@ -174,7 +174,7 @@ def decode_context(buf, head):
                         elif etag == 0x19:
                             r_num[i_r, R_RESPONSE_MS] = double_at(at, evs)
                         elif etag == 0x22:
-                            good, t = _timestamp(at, evs, eq)
+                            good, t = read_timestamp(at, evs, eq)
                             if not good:
                                 status = ERR_MALFORMED
                             r_num[i_r, R_TIME] = t

@@ -100,37 +100,54 @@ def _put_str(out, pos, tag, src, off, n):
 
 
 @njit(cache=True)
+def _image_span(ii, i):
+    """The chosen image's id (its name when it has no id): (offset, length)."""
+    if i < 0:
+        return 0, 0
+    if ii[i, d.I_ID + 1] == 0:
+        return ii[i, d.I_NAME], ii[i, d.I_NAME + 1]
+    return ii[i, d.I_ID], ii[i, d.I_ID + 1]
+
+
+@njit(cache=True)
 def encode_results(
     head,
     buf,
     ci,
     fi,
+    ii,
     order,
     rank,
     total,
     scores,
     chosen_flavor,
-    image_spans,
+    chosen_image,
     blob,
     blob_off,
+    owners,
     rec_ids,
-    rec_off,
     tail,
 ):
     """`head` + one RankResponse.results record per candidate, in the order `order`, +
     `tail` free bytes (for the server time, written once known).
 
-    Candidate c's Rejection records are blob[blob_off[r]:blob_off[r+1]] (whole field-7
-    records, tag included) for r in rec_ids[rec_off[c]:rec_off[c+1]].
+    The Rejection records (whole field-7 records, tag included) are
+    blob[blob_off[r]:blob_off[r+1]]; candidate owners[j] has record rec_ids[j] (owners
+    ascending, a candidate's records in filter order).
 
     Records are sized and written in request order (each at its place in the answer): the
     candidates' columns and strings are then read in the order they lie in memory, not in
     the random order of the ranking.
     """
+    n = rank.size
+    rec_off = np.zeros(n + 1, np.int64)  # candidate c's records: rec_ids[rec_off[c]:rec_off[c+1]]
+    for j in range(owners.size):
+        rec_off[owners[j] + 1] += 1
+    for c in range(n):
+        rec_off[c + 1] += rec_off[c]
     at = buf.ctypes.data
     blob_at = blob.ctypes.data
     k = scores.shape[1]
-    n = rank.size
     sizes = np.empty(n, np.int64)
     for c in range(n):
         sz = 1 + _varint_size(c)
@@ -143,7 +160,7 @@ def encode_results(
             f = chosen_flavor[c]
             if f >= 0:
                 sz += _str_size(fi[f, d.F_ID_LEN]) + _str_size(fi[f, d.F_NAME_LEN])
-            sz += _str_size(image_spans[c, 1])
+            sz += _str_size(_image_span(ii, chosen_image[c])[1])
         for j in range(rec_off[c], rec_off[c + 1]):
             sz += blob_off[rec_ids[j] + 1] - blob_off[rec_ids[j]]
         sizes[c] = sz
@@ -183,7 +200,8 @@ def encode_results(
                 pos = _put_str(
                     oat, pos, T_FLAVOR_NAME, at, fi[f, d.F_NAME_OFF], fi[f, d.F_NAME_LEN]
                 )
-            pos = _put_str(oat, pos, T_IMAGE_ID, at, image_spans[c, 0], image_spans[c, 1])
+            image_off, image_len = _image_span(ii, chosen_image[c])
+            pos = _put_str(oat, pos, T_IMAGE_ID, at, image_off, image_len)
         for j in range(rec_off[c], rec_off[c + 1]):
             a = blob_off[rec_ids[j]]
             m = blob_off[rec_ids[j] + 1] - a

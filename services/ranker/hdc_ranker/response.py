@@ -98,36 +98,26 @@ def _encode(out: Outcome, summary: str | None, tail: int) -> np.ndarray | bytes:
     order = np.concatenate([out.order, np.flatnonzero(out.rank < 0)])
     if out.layout == pb.RESULT_LAYOUT_COLUMNS:
         return head + _field(10, _columns(out, order, records, owners, ids))
-    ctx = out.ctx
-    table = ctx.table
-    # the chosen image's id (its name when it has no id), as a byte span of the request
-    image_spans = np.zeros((out.n, 2), dtype=np.int64)
-    has = out.chosen_image >= 0
-    if has.any():
-        ii = table.image_ints[out.chosen_image[has]]
-        use_name = ii[:, d.I_ID + 1] == 0
-        image_spans[has, 0] = np.where(use_name, ii[:, d.I_NAME], ii[:, d.I_ID])
-        image_spans[has, 1] = np.where(use_name, ii[:, d.I_NAME + 1], ii[:, d.I_ID + 1])
+    table = out.ctx.table
     sizes = np.fromiter(map(len, records), np.int64, len(records))
     blob_off = np.zeros(len(records) + 1, dtype=np.int64)
     np.cumsum(sizes, out=blob_off[1:])
-    rec_off = np.zeros(out.n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owners, minlength=out.n), out=rec_off[1:])
     return encode.encode_results(
         np.frombuffer(head, dtype=np.uint8),
         table.buf,
         table.ints,
         table.flavors.ints,
+        table.image_ints,
         np.asarray(order, dtype=np.int64),
         np.asarray(out.rank, dtype=np.int64),
         np.asarray(out.total, dtype=np.float64),
         out.scores,  # the NaN rows of rejected candidates are not written
         np.asarray(out.chosen_flavor, dtype=np.int64),
-        image_spans,
+        np.asarray(out.chosen_image, dtype=np.int64),
         np.frombuffer(b"".join(records) or b"\0", dtype=np.uint8),
         blob_off,
+        owners,
         ids,
-        rec_off,
         tail,
     )
 
@@ -220,39 +210,65 @@ _warm = False
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) every compiled function once, with a request
-    that takes every path, so that no caller's first request pays for it."""
+    """Compile (or load from numba's cache) every compiled function once, with requests
+    that take every path (both answer layouts, every explanation, look-ups by site and by
+    service, the exact recount of sub-messages), so that no caller's first request pays."""
     global _warm
     if _warm:
         return
+    from hdc_ranker import wire
     from hdc_ranker.plugins import default_registry
 
+    ranker = Ranker(default_registry(entry_points_too=False))
+    req = _warm_up_request(n=d.SAMPLE + 8)
+    for layout in (pb.RESULT_LAYOUT_PER_CANDIDATE, pb.RESULT_LAYOUT_COLUMNS):
+        req.options.result_layout = layout
+        rank_bytes(ranker, req.SerializeToString())
+    wire.utf8_array_ok(np.frombuffer(b"warm", dtype=np.uint8))
+    _warm = True
+
+
+def _warm_up_request(n: int) -> pb.RankRequest:
     req = pb.RankRequest()
     r = req.requirements
     r.cpus, r.ram_mb, r.instances, r.public_ips, r.tenant = 1, 512, 1, 1, "t"
     r.gpu.count, r.gpu.vendor, r.gpu.model = 1, "nvidia", "v100"
     r.image.os_distribution, r.image.min_cuda_version, r.image.name = "ubuntu", "11", "img"
     r.identity_provider = "https://idp/"
-    for i, ok in enumerate((True, False)):
-        c = req.candidates.add(site_id=f"s{i}", service_id=f"s{i}/x", service_type="t")
-        c.status = pb.STATUS_UP
-        c.identity_providers.add(issuer="https://idp", name="idp")
-        c.flavors.add(
-            id="f",
-            name="f",
-            cpus=2,
-            ram_mb=1024,
-            gpus=1 if ok else 0,
-            gpu_vendor="NVIDIA",
-            gpu_model="Tesla V100",
-            cost_per_hour=1.0,
-        )
+    r.exclude_site_ids.append("s1")
+    r.service_types.append("t")
+    req.options.now.seconds = 2**30
+    sla = req.slas.add(id="a", site_id="s0", service_id="s0/x", targets={"ip": 1.0})
+    sla.end.seconds = 2**31
+    req.slas.add(id="b", site_id="s2", targets={"ip": 2.0})
+    req.preferences.add(site_id="s0", service_type="t", service_id="s0/x", weight=1.0)
+    req.preferences.add(site_id="s2", weight=2.0)
+    probe = req.monitoring.add(site_id="s0", service_id="s0/x").probes.add(success_rate=1.0)
+    probe.time.seconds = 2**30 - 60
+    req.monitoring.add(site_id="s2").probes.add(success_rate=0.5, response_time_ms=10)
+    for i in range(n):
+        ok = i % 2 == 0
+        c = req.candidates.add(site_id=f"s{i % 5}", service_id=f"s{i}/x", service_type="t")
+        c.status = pb.STATUS_UP if i % 7 else pb.STATUS_DOWN
+        c.health.add(component="api", healthy=False, message="503")
+        c.identity_providers.add(issuer="https://idp" if i % 3 else "https://other", name="idp")
+        # the last candidates have more flavors than the first ones suggest: recount
+        for _ in range(1 if i < d.SAMPLE else 6):
+            c.flavors.add(
+                id="f",
+                name="f",
+                cpus=2,
+                ram_mb=1024,
+                gpus=1 if ok else 0,
+                gpu_vendor="NVIDIA",
+                gpu_model="Tesla V100",
+                cost_per_hour=1.0,
+            )
         c.images.add(id="img", name="img", os_distribution="Ubuntu", cuda=True, cuda_version="12.1")
         q = c.quotas.add(tenant="t")
-        q.limits.cores, q.usage.cores = 10, 1
+        q.limits.cores, q.usage.cores = 10, 1 if i % 4 else 10
         c.freshness.creation_time.seconds, c.freshness.valid_until.seconds = 1, 2**31
-        c.freshness.validity_s, c.freshness.stale = 10, False
+        c.freshness.validity_s, c.freshness.stale = 10, i % 11 == 0
         c.cost.per_cpu_hour = 0.1
         c.cost_per_hour, c.public_cloud = 1.0, True
-    rank_bytes(Ranker(default_registry(entry_points_too=False)), req.SerializeToString())
-    _warm = True
+    return req

@@ -97,8 +97,8 @@ class UserContext:
     def _check(
         self, pref_site_len: np.ndarray, mon_site_len: np.ndarray, sla_site_len: np.ndarray
     ) -> None:
-        """The checks of the old per-message validation, in its order: preferences (site,
-        weight), monitoring (site), SLAs (site, target values)."""
+        """In the order the first bad field is reported: preferences (site, weight),
+        monitoring (site), SLAs (site, target values); probes come later (check_probes)."""
         w = self.pref_weight
         with np.errstate(invalid="ignore"):
             bad_weight = ~((w >= 0) & np.isfinite(w))
@@ -129,6 +129,7 @@ class UserContext:
             )
 
     def check_probes(self) -> None:
+        """Success rates in [0, 1], response times finite and >= 0."""
         rate, rt = self.probe_rate, self.probe_response_ms
         with np.errstate(invalid="ignore"):
             bad_rate = ~((rate >= 0) & (rate <= 1))
