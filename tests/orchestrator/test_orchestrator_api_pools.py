@@ -36,7 +36,7 @@ def test_reads_are_answered_while_every_write_thread_is_busy(
         api_write_threads=1,
         grpc_deadline_s=60,
     )
-    orch = OrchestratorProcess(env, tmp_path / "orch.log").start()
+    orch = OrchestratorProcess(env, tmp_path / "orch.log")
     h = signer.headers(user("bulkhead"))
     client = httpx.Client(base_url=orch.url, headers=h, timeout=90)
     info = grpc_doubles.info
@@ -48,6 +48,7 @@ def test_reads_are_answered_while_every_write_thread_is_busy(
         answers[name] = r.status_code
 
     try:
+        orch.start()
         created = client.post("/deployments", json={"template": TEMPLATE})
         assert created.status_code == 201, created.text
         uuid = created.json()["uuid"]

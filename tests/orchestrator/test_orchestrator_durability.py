@@ -94,12 +94,12 @@ def test_two_replicas_process_each_deployment_once(
         )
         for i in range(2)
     ]
-    for rep in replicas:
-        rep.launch()  # start both at once, then wait: they migrate the same database together
-    for rep in replicas:
-        rep.wait_ready()
     h = signer.headers(user("many"))
     try:
+        for rep in replicas:
+            rep.launch()  # start both at once, then wait: they migrate the same database together
+        for rep in replicas:
+            rep.wait_ready()
 
         def submit(i: int) -> str:
             url = replicas[i % 2].url
@@ -142,7 +142,8 @@ def test_api_and_workers_roles_split_the_orchestrator(
     postgres_url, rabbitmq_url, grpc_doubles, signer, im, tmp_path
 ) -> None:
     """role=api serves the API and relays what it writes; role=workers runs the workflow.
-    Two processes on one database and broker make one orchestrator."""
+    Two processes on one database and broker make one orchestrator. Then the API's reads
+    outlive the database dropping every connection."""
     from hdc_common.bus import Bus
 
     grpc_doubles.set_sites([Site("site-a", 0.9)])
@@ -151,11 +152,12 @@ def test_api_and_workers_roles_split_the_orchestrator(
         base = _env(postgres_url, rabbitmq_url, grpc_doubles, signer, tmp_path, free_port())
         return base | {"HDC_ORCHESTRATOR_ROLE": role}
 
-    api = OrchestratorProcess(env("api"), tmp_path / "api.log").start()
+    api = OrchestratorProcess(env("api"), tmp_path / "api.log")
     workers = OrchestratorProcess(env("workers"), tmp_path / "workers.log")
     probe = Bus(rabbitmq_url, service="probe")
     h = signer.headers(user("split"))
     try:
+        api.start()
         r = httpx.post(f"{api.url}/deployments", json={"template": TEMPLATE}, headers=h, timeout=30)
         assert r.status_code == 201, r.text
         uuid = r.json()["uuid"]
@@ -177,44 +179,33 @@ def test_api_and_workers_roles_split_the_orchestrator(
         )
         assert done["cloudProviderName"] == "site-a"
         assert len(im.creates_for(uuid)) == 1
+        reads_survive_dropped_connections(api.url, h, postgres_url, uuid)
     finally:
         probe.stop()
         workers.stop()
         api.stop()
 
 
-def test_reads_survive_the_database_dropping_their_connections(
-    postgres_url, rabbitmq_url, grpc_doubles, signer, im, tmp_path
-) -> None:
+def reads_survive_dropped_connections(url: str, h: dict[str, str], db_url: str, uuid: str) -> None:
     """The GET pool skips the pre-ping: a connection the database dropped (a restart, an
     idle timeout) fails the read's own statement, and the read runs again on a fresh one."""
     import sqlalchemy as sa
 
-    grpc_doubles.set_sites([Site("site-a", 0.9)])
-    env = _env(postgres_url, rabbitmq_url, grpc_doubles, signer, tmp_path, free_port())
-    orch = OrchestratorProcess(env, tmp_path / "orch.log").start()
-    h = signer.headers(user("reconnect"))
+    for _ in range(5):  # the read pool holds connections now
+        assert httpx.get(f"{url}/deployments/{uuid}", headers=h, timeout=10).is_success
+    admin = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
     try:
-        r = httpx.post(
-            f"{orch.url}/deployments", json={"template": TEMPLATE}, headers=h, timeout=30
-        )
-        uuid = r.json()["uuid"]
-        for _ in range(5):  # the read pool holds connections now
-            assert httpx.get(f"{orch.url}/deployments/{uuid}", headers=h, timeout=10).is_success
-        name = sa.engine.make_url(postgres_url).database
-        admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             dropped = c.execute(
                 sa.text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE datname = :db AND pid <> pg_backend_pid()"
                 ),
-                {"db": name},
+                {"db": sa.engine.make_url(db_url).database},
             ).scalar()
-        admin.dispose()
-        assert dropped > 0
-        for path in (f"/deployments/{uuid}", "/deployments?createdBy=me"):
-            r = httpx.get(f"{orch.url}{path}", headers=h, timeout=10)
-            assert r.status_code == 200, r.text
     finally:
-        orch.stop()
+        admin.dispose()
+    assert dropped > 0
+    for path in (f"/deployments/{uuid}", "/deployments?createdBy=me"):
+        r = httpx.get(f"{url}{path}", headers=h, timeout=10)
+        assert r.status_code == 200, r.text
