@@ -236,42 +236,12 @@ class FakeOpenStackCloud(FakeOpenStack):
             )
         s["_reads"] += 1
 
-    def _addresses(self, sid: str) -> dict[str, list[dict[str, Any]]]:
-        net = self.neutron
-        assert net is not None
-        out: dict[str, list[dict[str, Any]]] = {}
-        with net.lock:
-            for port in net.ports.values():
-                if port["device_id"] != sid:
-                    continue
-                name = net.networks[port["network_id"]]["name"]
-                mac = port["mac_address"]
-                for ip in port["fixed_ips"]:
-                    out.setdefault(name, []).append(
-                        {
-                            "version": 4,
-                            "addr": ip["ip_address"],
-                            "OS-EXT-IPS:type": "fixed",
-                            "OS-EXT-IPS-MAC:mac_addr": mac,
-                        }  # fmt: skip
-                    )
-                for fip in net.floating_for_port(port["id"]):
-                    out.setdefault(name, []).append(
-                        {
-                            "version": 4,
-                            "addr": fip,
-                            "OS-EXT-IPS:type": "floating",
-                            "OS-EXT-IPS-MAC:mac_addr": mac,
-                        }  # fmt: skip
-                    )
-        return out
-
     def _view(self, s: dict[str, Any], advance: bool = True) -> dict[str, Any]:
         if advance:
             self._advance(s)
         link = f"{self.url}/compute/v2.1/servers/{s['id']}"
         return {k: v for k, v in s.items() if not k.startswith("_")} | {
-            "addresses": self._addresses(s["id"]),
+            "addresses": self.neutron.server_addresses(s["id"]) if self.neutron else {},
             "links": [{"rel": "self", "href": link}],
         }
 

@@ -169,41 +169,11 @@ class FakeOpenStack:
 
     # -- Nova ----------------------------------------------------------------------------
 
-    def _addresses(self, sid: str) -> dict[str, list[dict[str, Any]]]:
-        """Nova's `addresses`: per network name, the fixed and floating addresses."""
-        net = self.neutron
-        out: dict[str, list[dict[str, Any]]] = {}
-        with net.lock:
-            for port in net.ports.values():
-                if port["device_id"] != sid:
-                    continue
-                name = net.networks[port["network_id"]]["name"]
-                mac = port["mac_address"]
-                for ip in port["fixed_ips"]:
-                    out.setdefault(name, []).append(
-                        {
-                            "version": 4,
-                            "addr": ip["ip_address"],
-                            "OS-EXT-IPS:type": "fixed",
-                            "OS-EXT-IPS-MAC:mac_addr": mac,
-                        }
-                    )
-                for fip in net.floating_for_port(port["id"]):
-                    out.setdefault(name, []).append(
-                        {
-                            "version": 4,
-                            "addr": fip,
-                            "OS-EXT-IPS:type": "floating",
-                            "OS-EXT-IPS-MAC:mac_addr": mac,
-                        }
-                    )
-        return out
-
     def _server_view(self, s: dict[str, Any]) -> dict[str, Any]:
         link = f"{self.url}/v2.1/{self.project_id}/servers/{s['id']}"
         return {
             **{k: v for k, v in s.items() if not k.startswith("_")},
-            "addresses": self._addresses(s["id"]),
+            "addresses": self.neutron.server_addresses(s["id"]),
             "links": [{"rel": "self", "href": link}],
         }
 

@@ -288,6 +288,35 @@ class FakeNeutron:
         )
         return out
 
+    def server_addresses(self, sid: str) -> dict[str, list[dict[str, Any]]]:
+        """Nova's `addresses`: per network name, the fixed and floating addresses."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self.lock:
+            for port in self.ports.values():
+                if port["device_id"] != sid:
+                    continue
+                name = self.networks[port["network_id"]]["name"]
+                mac = port["mac_address"]
+                for ip in port["fixed_ips"]:
+                    out.setdefault(name, []).append(
+                        {
+                            "version": 4,
+                            "addr": ip["ip_address"],
+                            "OS-EXT-IPS:type": "fixed",
+                            "OS-EXT-IPS-MAC:mac_addr": mac,
+                        }
+                    )
+                for fip in self.floating_for_port(port["id"]):
+                    out.setdefault(name, []).append(
+                        {
+                            "version": 4,
+                            "addr": fip,
+                            "OS-EXT-IPS:type": "floating",
+                            "OS-EXT-IPS-MAC:mac_addr": mac,
+                        }
+                    )
+        return out
+
     def floating_for_port(self, port_id: str) -> list[str]:
         return [
             f["floating_ip_address"] for f in self.floatingips.values() if f["port_id"] == port_id
