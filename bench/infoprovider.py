@@ -208,14 +208,16 @@ def amqp_ingest(db: Database, op: Any, envelopes: list[dict[str, Any]], sites: i
                                for i in range(sites)],
             )  # fmt: skip
             components = build(settings)
-            bus = components.background[0]
+            # Every consumer of the report queue the service runs (`report_consumers`).
+            buses = [c for c in components.background if isinstance(c, Bus)]
             with Bus(url, service="bench-agents") as agents:
                 for env in envelopes:
                     event = agents.new_event("infoprovider.site.report", env)
                     agents.publish(event, exchange="hdc.commands", routing_key="infoprovider")
             before = _accepted(db)
             t0 = time.perf_counter()
-            bus.start()
+            for bus in buses:
+                bus.start()
             try:
                 deadline = time.monotonic() + 600
                 while _accepted(db) < before + len(envelopes) and time.monotonic() < deadline:
@@ -223,7 +225,8 @@ def amqp_ingest(db: Database, op: Any, envelopes: list[dict[str, Any]], sites: i
                 elapsed = time.perf_counter() - t0
                 done = _accepted(db) - before
             finally:
-                bus.stop()
+                for bus in buses:
+                    bus.stop()
         finally:
             api.delete(f"/api/vhosts/{vhost}")
     return done / elapsed

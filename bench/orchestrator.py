@@ -1,7 +1,8 @@
 """Benchmark of the orchestrator: 500 deployments submitted concurrently.
 
-Real PostgreSQL and RabbitMQ (fresh database and vhost), one real orchestrator process
-(`--layout split`: an API process and a workers process, role=api / role=workers).
+Real PostgreSQL and RabbitMQ (fresh database and vhost), the real orchestrator as an API
+process and a workers process (role=api / role=workers, the workers at `nice` 10 so that on
+this shared 2-core host the API is served first; `--layout single`: one process, role=all).
 Placement: the real `hdc-ranker` when it starts (`--ranker auto|real`), else its gRPC test
 double; candidates come from the gRPC test double of the infoprovider contract
 (tests/orchestrator/orch_doubles.py). The im is the real `hdc-im` on its dummy driver when
@@ -215,8 +216,11 @@ def main() -> None:
     parser.add_argument(
         "--layout",
         choices=["single", "split"],
-        default="single",
+        default="split",
         help="one orchestrator process (role=all), or an API process and a workers process",
+    )
+    parser.add_argument(
+        "--workers-nice", type=int, default=10, help="niceness of the workers process (split)"
     )
     parser.add_argument(
         "--keep-db", action="store_true", help="keep the orchestrator's database to inspect it"
@@ -268,6 +272,7 @@ def main() -> None:
             workers_env = env | {
                 "HDC_ORCHESTRATOR_ROLE": "workers",
                 "HDC_ORCHESTRATOR_HTTP_PORT": str(free_port()),
+                "HDC_ORCHESTRATOR_NICE": str(args.workers_nice),
             }
             orchs.append(OrchestratorProcess(workers_env, tmp / "orch-workers.log").start())
             env = env | {"HDC_ORCHESTRATOR_ROLE": "api"}
@@ -277,7 +282,7 @@ def main() -> None:
         result |= {
             "orchestrator": "one process"
             if args.layout == "single"
-            else "two processes: role=api + role=workers",
+            else f"two processes: role=api + role=workers (nice {args.workers_nice})",
             "im": im_kind,
             "placement": "infoprovider test double + "
             + ("real hdc-ranker" if ranker_proc is not None else "ranker test double"),
@@ -308,7 +313,7 @@ def main() -> None:
 
 
 def probe_gets(
-    url: str, headers: dict[str, str], ids: Any, ready: Any, stop: Any, out: Any
+    url: str, headers: dict[str, str], ids: Any, ready: Any, stop: Any, posted: Any, out: Any
 ) -> None:
     """GET /deployments/{id} latency while the load runs, from a process of its own: in the
     submitting process the probe would also time that process's 32 busy threads (the GIL),
@@ -316,6 +321,7 @@ def probe_gets(
     known: list[str] = []
     wall: list[float] = []
     server: list[float] = []
+    after_posts: list[bool] = []  # sent once every POST had been answered
     ready.set()
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
         while not stop.is_set():
@@ -324,13 +330,15 @@ def probe_gets(
             if not known:
                 time.sleep(0.01)
                 continue
+            quiet_api = posted.is_set()
             t = time.perf_counter()
             r = client.get(f"/deployments/{random.choice(known)}")
             r.raise_for_status()
             wall.append((time.perf_counter() - t) * 1000)
             server.append(server_ms(r))
+            after_posts.append(quiet_api)
             time.sleep(0.005)
-    out.send((wall, server))
+    out.send((wall, server, after_posts))
 
 
 def server_ms(response: httpx.Response) -> float:
@@ -377,10 +385,10 @@ def run_load(
 
     watcher.start()
     ctx = multiprocessing.get_context("spawn")
-    ids, ready, stop = ctx.Queue(), ctx.Event(), ctx.Event()
+    ids, ready, stop, posted = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Event()
     results, sink = ctx.Pipe(duplex=False)
     prober = ctx.Process(
-        target=probe_gets, args=(url, headers, ids, ready, stop, sink), daemon=True
+        target=probe_gets, args=(url, headers, ids, ready, stop, posted, sink), daemon=True
     )
     prober.start()
     if not ready.wait(120):
@@ -399,11 +407,12 @@ def run_load(
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(submit, range(n)))
+    posted.set()
     deadline = time.perf_counter() + 600
     while len(completed) + len(failed) < n and time.perf_counter() < deadline:
         time.sleep(0.05)
     stop.set()
-    get_ms, get_server_ms = results.recv() if results.poll(30) else ([], [])
+    get_ms, get_server_ms, after_posts = results.recv() if results.poll(30) else ([], [], [])
     prober.join(10)
     cpu_end = cpu_seconds(pids)
     # The same GET once the load is over (what a dashboard sees on a quiet system).
@@ -435,6 +444,15 @@ def run_load(
         "get_p50_ms": rounded(percentile(get_ms, 50)),
         "get_server_p99_ms": rounded(percentile(get_server_ms, 99)),
         "get_samples": len(get_ms),
+        # The same GETs split by phase: while the 500 POSTs were being answered, and after
+        # (the workflows of the submitted deployments still running).
+        "get_p99_ms_during_submission": rounded(
+            percentile([v for v, a in zip(get_ms, after_posts, strict=True) if not a], 99)
+        ),
+        "get_p99_ms_after_submission": rounded(
+            percentile([v for v, a in zip(get_ms, after_posts, strict=True) if a], 99)
+        ),
+        "get_samples_during_submission": after_posts.count(False),
         "get_p99_ms_after_load": rounded(percentile(idle_ms, 99)),
         # Load-independent: what the orchestrator process(es) spent per deployment (their
         # share of the GETs above included), and per GET once the load is over.

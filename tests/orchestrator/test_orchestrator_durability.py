@@ -9,6 +9,7 @@ ranker are gRPC test doubles of their contracts.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -153,7 +154,10 @@ def test_api_and_workers_roles_split_the_orchestrator(
         return base | {"HDC_ORCHESTRATOR_ROLE": role}
 
     api = OrchestratorProcess(env("api"), tmp_path / "api.log")
-    workers = OrchestratorProcess(env("workers"), tmp_path / "workers.log")
+    # The workers take the CPU after the API on a shared host (`nice`).
+    workers = OrchestratorProcess(
+        env("workers") | {"HDC_ORCHESTRATOR_NICE": "10"}, tmp_path / "workers.log"
+    )
     probe = Bus(rabbitmq_url, service="probe")
     h = signer.headers(user("split"))
     try:
@@ -179,11 +183,19 @@ def test_api_and_workers_roles_split_the_orchestrator(
         )
         assert done["cloudProviderName"] == "site-a"
         assert len(im.creates_for(uuid)) == 1
+        assert thread_nices(workers.proc.pid) == {10}  # its consumers and relay included
+        assert thread_nices(api.proc.pid) == {0}
         reads_survive_dropped_connections(api.url, h, postgres_url, uuid)
     finally:
         probe.stop()
         workers.stop()
         api.stop()
+
+
+def thread_nices(pid: int) -> set[int]:
+    """The niceness of every thread of a process (field 19 of its tasks' stat)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks}
 
 
 def reads_survive_dropped_connections(url: str, h: dict[str, str], db_url: str, uuid: str) -> None:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -180,6 +181,10 @@ def run_service(service: Service, argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(service.settings_cls, args.config)
+        if settings.nice:
+            # Before any thread starts: Linux applies niceness per thread, and threads
+            # inherit it from the one that creates them.
+            os.nice(settings.nice)
         setup_logging(service.name, settings.log_level)
         setup_telemetry(service.name, settings.otlp_endpoint)
         running = prepare(service, settings)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hdc_common.errors import ConfigError
@@ -52,6 +52,11 @@ class ServiceSettings(BaseSettings):
     # PEM public key (or a path to one) of the gateway's identity signer. Empty: the service
     # trusts no caller and refuses every authenticated request.
     identity_public_key: str = ""
+    # Scheduling niceness the service's own process takes when it starts (`hdc-<name>`; not
+    # in embedded mode, where services share a process). On a host shared by several
+    # services, a process of background work (the orchestrator's workers role, say) set to
+    # 10 leaves the CPU to those answering requests first; its work is only later, not lost.
+    nice: int = Field(0, ge=0, le=19)
 
     @property
     def service_name(self) -> str:

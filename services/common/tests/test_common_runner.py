@@ -121,3 +121,28 @@ def test_serves_spec_first_api_and_stops_cleanly(tmp_path, unused_port, postgres
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any(r["msg"] == "service ready" for r in records)
     assert all({"ts", "level", "service", "msg"} <= set(r) for r in records)
+
+
+def test_nice_setting_lowers_the_process(tmp_path, unused_port):
+    env = {"HDC_SAMPLE_HTTP_PORT": str(unused_port)}
+    proc = start(env | {"HDC_SAMPLE_NICE": "7"}, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"http://127.0.0.1:{unused_port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service did not become healthy"
+            time.sleep(0.1)
+        threads = list(Path(f"/proc/{proc.pid}/task").iterdir())
+        # Field 19 of /proc/<pid>/task/<tid>/stat is the thread's niceness.
+        nices = {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in threads}
+        assert nices == {7}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    bad = start({"HDC_SAMPLE_NICE": "20"}, tmp_path)
+    assert "nice" in one_line_error(bad)

@@ -43,6 +43,10 @@ class InfoProviderSettings(ServiceSettings):
     down_check_interval_s: float = Field(30.0, gt=0)
     operator_role: str = "platform-admin"
     rejected_keep_days: int = Field(30, ge=1)
+    # Consumers of the report queue in this process, each with its own connection and
+    # transaction: while one waits for PostgreSQL to write its reports, another validates
+    # and diffs the next ones (the in-process broker of embedded mode keeps one).
+    report_consumers: int = Field(2, ge=1, le=16)
 
     @model_validator(mode="after")
     def _one_site_per_client(self) -> InfoProviderSettings:
@@ -71,10 +75,18 @@ def build(settings: InfoProviderSettings) -> Components:
     )
     ingestor = Ingestor(verifier, emit=emit, max_report_bytes=settings.max_report_bytes)
 
-    @bus.on_command(REPORT_COMMAND)
     def on_report(session: Session, event: CloudEvent) -> None:
         # Refusals are recorded and return normally; only IdpUnavailable raises (retried).
         ingestor.handle_envelope(session, event.data, event_id=event.id, transport="amqp")
+
+    consumers = 1 if settings.bus_url.startswith("memory:") else settings.report_consumers
+    # Reports of one site are serialised by its row lock, whichever consumer takes them.
+    report_buses = [bus] + [
+        Bus(settings.bus_url, service="infoprovider", sessions=sessions)
+        for _ in range(consumers - 1)
+    ]
+    for b in report_buses:
+        b.on_command(REPORT_COMMAND)(on_report)
 
     catalog = Catalog()
     # Only the gateway's signed identities are trusted (no key configured: every call is
@@ -93,7 +105,7 @@ def build(settings: InfoProviderSettings) -> Components:
     return Components(
         asgi_app=app,
         grpc_servicers=[servicer_entry(sessions, catalog, identity)],
-        background=[bus, detector, CatalogWarmer(sessions, catalog)],
+        background=[*report_buses, detector, CatalogWarmer(sessions, catalog)],
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from hdc_common.http import create_openapi_app
 
 from hdc_orchestrator.api import AppState, current_state
+from hdc_orchestrator.pools import WriteAdmission
 
 SPEC = Path(__file__).with_name("openapi.yaml")
 # Paths served by hdc_common.http itself keep problem+json.
@@ -109,4 +110,4 @@ class ServerTiming:
 
 def create_app(state: AppState, readiness: list[Any] | None = None) -> Any:
     app = create_openapi_app(SPEC, service="orchestrator", readiness=readiness or [])
-    return ServerTiming(WithState(IndigoErrors(app), state))
+    return ServerTiming(WriteAdmission(WithState(IndigoErrors(app), state)))

@@ -25,7 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Per event loop: anyio limiters belong to the loop they were made in (tests run several).
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, anyio.CapacityLimiter]]
 _limiters = weakref.WeakKeyDictionary()
-_sizes: dict[str, int] = {"read": 16, "write": 8}
+_sizes: dict[str, int] = {"read": 16, "write": 2}
 
 
 def configure(read_threads: int, write_threads: int) -> None:
@@ -71,3 +71,47 @@ def once_more_if_disconnected(call: Callable[[], Any]) -> Any:
 
 reads = _runs_in("read")
 writes = _runs_in("write")
+
+
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class WriteAdmission:
+    """Admits at most `api_write_threads` writes into the app at once (ASGI middleware).
+
+    The handler pools above bound the threads, but a request has spent event-loop time
+    before its handler runs: connexion parses and validates its body, checks its identity
+    and routes it, all on the one event-loop thread every GET needs too. Under a burst of
+    32 concurrent POSTs a GET queued behind all of that. Here a write waits at the door,
+    after its body has arrived (so a slow upload holds no slot) and before any of that
+    work, where waiting costs nothing; a GET never waits here.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+        self._gates = weakref.WeakKeyDictionary()
+
+    def _gate(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = asyncio.Semaphore(_sizes["write"])
+        return gate
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in _WRITE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        received: list[dict] = []
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> dict:
+            return received.pop(0) if received else await receive()
+
+        async with self._gate():
+            await self.app(scope, replay, send)
