@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import uvicorn
@@ -214,3 +215,39 @@ def test_orchestrator_without_the_key_is_refused_by_the_registry(collaborators):
         client.close()
     assert "infoprovider answered UNAUTHENTICATED" in str(err.value)
     assert err.value.transient is False
+
+
+def test_orchestrator_asks_only_for_the_images_it_boots(collaborators):
+    """The orchestrator caps the matching images per site it asks the registry for; the
+    image a placement pins (the first that matches) is the same as with all of them."""
+    from hdc.infoprovider.v1 import infoprovider_pb2_grpc as ip_grpc
+    from hdc_orchestrator.acting_identity import OwnerSigner
+    from hdc_orchestrator.placement import requirements_message
+
+    reg, ranker_server = collaborators
+    req = {"cpus": 1, "ram_mb": 1024, "image": {"os_type": "linux"}}
+    placed = {}
+    for cap in (0, 1):
+        client = PlacementClient(
+            f"127.0.0.1:{reg.grpc_server.port}",
+            f"127.0.0.1:{ranker_server.port}",
+            deadline_s=10,
+            private_key_pem=reg.private_pem,
+            images_per_candidate=cap,
+        )
+        try:
+            placed[cap] = client.place(req, f"dep-images-{cap}", OWNER)
+        finally:
+            client.close()
+    pinned = {
+        cap: [c.get("imageId") for c in p["candidates"] if c["rank"] > 0]
+        for cap, p in placed.items()
+    }
+    assert pinned[0] and pinned[0][0] and pinned[1] == pinned[0]
+    # What travels: all 3 of the site's matching images, or just the first.
+    stub = ip_grpc.InfoProviderStub(grpc.insecure_channel(f"127.0.0.1:{reg.grpc_server.port}"))
+    meta = OwnerSigner(reg.private_pem).metadata(OWNER)
+    for cap, expected in ((0, 3), (1, 1)):
+        found = stub.FindCandidates(requirements_message(req, "", cap), metadata=meta, timeout=10)
+        assert [len(c.images) for c in found.candidates] == [expected]
+        assert found.candidates[0].images[0].id == pinned[0][0]

@@ -79,13 +79,23 @@ class GrpcServer:
         self.server.stop(grace).wait()
 
 
+# gRPC's own default is 4 MiB received per message. A placement over thousands of sites is
+# bigger than that (10,000 candidates to rank are ~1.3 MB, their offers with every matching
+# image several times more), so both ends accept messages up to this size.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_MESSAGE_LIMITS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
 def create_server(
     port: int, servicers: Sequence[Servicer], host: str = "127.0.0.1", max_workers: int = 16
 ) -> GrpcServer:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[_ContextInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 0), *_MESSAGE_LIMITS],
     )
     names = []
     for add, servicer, name in servicers:
@@ -168,6 +178,7 @@ def insecure_channel(
         options=[
             ("grpc.enable_retries", 1),
             ("grpc.service_config", _retry_config(service_names)),
+            *_MESSAGE_LIMITS,
         ],
     )
     return grpc.intercept_channel(channel, _MetadataInterceptor(identity_token, deadline_s))

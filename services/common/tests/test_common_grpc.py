@@ -66,3 +66,11 @@ def test_health_reflection_context_and_deadline(server):
     with pytest.raises(grpc.RpcError) as exc:
         echo(b"slow")
     assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_messages_over_grpcs_4_mib_default_pass_both_ways(server):
+    # A placement over thousands of sites: far more than gRPC's default 4 MiB limit.
+    channel = insecure_channel(f"127.0.0.1:{server.port}", [SERVICE], deadline_s=30)
+    big = bytes(range(256)) * (24 * 1024 * 1024 // 256)
+    assert channel.unary_unary(f"/{SERVICE}/Echo")(big) == big
+    channel.close()

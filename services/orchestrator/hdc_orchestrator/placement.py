@@ -5,8 +5,7 @@ candidate with its per-criterion scores, or why it was discarded (by the infopro
 matching or by a ranker filter).
 
 Both calls carry the deployment owner's identity, signed by the orchestrator with the
-gateway's key (acting_identity.py): the ranker refuses calls without one. The infoprovider's
-gRPC does not check it today; it gets the same metadata, so both collaborators see who asks.
+gateway's key (acting_identity.py): the ranker and the infoprovider refuse calls without one.
 """
 
 from __future__ import annotations
@@ -48,7 +47,9 @@ class PlacementError(Exception):
         self.transient = transient
 
 
-def requirements_message(req: dict[str, Any], tenant: str) -> ip_pb2.Requirements:
+def requirements_message(
+    req: dict[str, Any], tenant: str, images_per_candidate: int = 0
+) -> ip_pb2.Requirements:
     gpu = req.get("gpu") or {}
     image = req.get("image") or {}
     return ip_pb2.Requirements(
@@ -67,6 +68,8 @@ def requirements_message(req: dict[str, Any], tenant: str) -> ip_pb2.Requirement
         site_ids=list(req.get("site_ids") or []),
         service_types=list(req.get("service_types") or []),
         exclude_site_ids=list(req.get("exclude_site_ids") or []),
+        # The ranker pins the first matching image: a site's 200 others need not travel.
+        max_images_per_candidate=images_per_candidate,
     )
 
 
@@ -80,8 +83,10 @@ class PlacementClient:
         *,
         private_key_pem: str = "",
         slas: Sequence[SlaSetting] = (),
+        images_per_candidate: int = 0,
     ) -> None:
         self._deadline = deadline_s
+        self._images_per_candidate = images_per_candidate
         self._tenant = tenant
         self._slas = list(slas)
         # Without a key the calls go unsigned, and a real ranker refuses them (UNAUTHENTICATED
@@ -104,7 +109,7 @@ class PlacementClient:
         self, requirements: dict[str, Any], deployment_id: str, owner: Identity
     ) -> dict[str, Any]:
         """Candidates ranked for `owner` (the identity the calls carry)."""
-        req = requirements_message(requirements, self._tenant)
+        req = requirements_message(requirements, self._tenant, self._images_per_candidate)
         # One token for both calls: it lives 60 s, far longer than the two deadlines.
         meta = self._signer.metadata(owner)
         try:

@@ -93,6 +93,7 @@ def build(settings: OrchestratorSettings) -> Components:
         settings.tenant,
         private_key_pem=private_key,
         slas=settings.slas,
+        images_per_candidate=settings.placement_images_per_candidate,
     )
     vrouter = VRouterClient(settings.vrouter_target, settings.grpc_deadline_s, private_key)
     public = settings.public_url.rstrip("/") or f"http://{settings.http_host}:{settings.http_port}"

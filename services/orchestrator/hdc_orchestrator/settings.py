@@ -87,6 +87,10 @@ class OrchestratorSettings(ServiceSettings):
     # latency of GETs and workers alike. 0 keeps the interpreter's value. The setting is
     # process-wide (in embedded mode it applies to every service of the process).
     gil_switch_interval_s: float = Field(0.001, ge=0, le=0.1)
+    # Matching images the infoprovider sends per candidate site (0 = all). The first one is
+    # what the deployment boots; a site may publish hundreds, and a placement over thousands
+    # of sites with all of them would be tens of megabytes.
+    placement_images_per_candidate: int = Field(8, ge=0)
     # Base URL used in links; empty = the URL the request came in on.
     public_url: str = ""
     # Collaborators announced by GET /configuration (INDIGO keys end in _url).
