@@ -10,6 +10,7 @@ Keycloak; `clientId` for older Keycloak) must map to exactly one site.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,10 @@ import jwt
 from pydantic import BaseModel, ConfigDict, Field
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
+# A verified token is remembered until its `exp` (agents send the same token with every
+# report until it expires), but never longer than this, and for at most this many tokens.
+VERIFIED_TTL_S = 300.0
+VERIFIED_MAX = 10_000
 
 
 class TrustedIssuer(BaseModel):
@@ -90,13 +95,35 @@ class AgentTokenVerifier:
         # verifying a signature, and agents report all the time.
         self._keys: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        # token -> (identity, monotonic deadline). Only successes are kept: a refused token
+        # is checked in full every time, with its reason.
+        self._verified: dict[str, tuple[AgentIdentity, float]] = {}
 
     def verify(self, token: Any) -> AgentIdentity:
         if not isinstance(token, str) or not token:
             raise AuthError("the report envelope carries no access_token")
+        known = self._verified.get(token)
+        if known is not None:
+            if time.monotonic() < known[1]:
+                return known[0]
+            self._verified.pop(token, None)
+        who, exp = self._verify(token)
+        # Until `exp` itself, not exp + leeway: a cached answer is never one that a full
+        # check would refuse. (Wall clock to monotonic: a clock step shortens, at worst
+        # lengthens by the step, a life capped at VERIFIED_TTL_S anyway.)
+        life = min(exp - time.time(), VERIFIED_TTL_S)
+        if life > 0:
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[token] = (who, time.monotonic() + life)
+        return who
+
+    def _verify(self, token: str) -> tuple[AgentIdentity, float]:
         try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-            header = jwt.get_unverified_header(token)
+            # Header and claims in one parse: each parse re-checks the token's characters,
+            # which costs more than the RS256 signature check itself.
+            parsed = jwt.decode_complete(token, options={"verify_signature": False})
+            unverified, header = parsed["payload"], parsed["header"]
         except jwt.PyJWTError as exc:
             raise AuthError(f"access_token is not a JWT: {exc}") from None
         issuer = str(unverified.get("iss", "")).rstrip("/")
@@ -105,7 +132,7 @@ class AgentTokenVerifier:
             raise AuthError(f"token issuer {issuer or '(none)'!r} is not on the allow-list")
         if header.get("alg") not in ALGORITHMS:
             raise AuthError(f"token algorithm {header.get('alg')!r} is not accepted")
-        key = self._signing_key(trusted, token)
+        key = self._signing_key(trusted, token, header)
         try:
             claims = jwt.decode(
                 token,
@@ -124,10 +151,14 @@ class AgentTokenVerifier:
         site_id = self._clients.get((issuer, str(client_id)))
         if site_id is None:
             raise AuthError(f"client {client_id!r} of {issuer} is not registered for any site")
-        return AgentIdentity(site_id=site_id, client_id=str(client_id), issuer=issuer)
+        try:
+            exp = float(claims["exp"])
+        except (TypeError, ValueError):  # PyJWT checked it is a number; never cache otherwise
+            exp = 0.0
+        return AgentIdentity(site_id=site_id, client_id=str(client_id), issuer=issuer), exp
 
-    def _signing_key(self, trusted: TrustedIssuer, token: str) -> Any:
-        kid = str(jwt.get_unverified_header(token).get("kid", ""))
+    def _signing_key(self, trusted: TrustedIssuer, token: str, header: dict[str, Any]) -> Any:
+        kid = str(header.get("kid", ""))
         cached = self._keys.get((trusted.issuer, kid)) if kid else None
         if cached is not None:
             return cached

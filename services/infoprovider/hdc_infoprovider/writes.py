@@ -67,7 +67,7 @@ class ReportWrites:
         def add(sql: str, rows: Any) -> None:
             name = f"p{len(ctes)}"
             params[name] = pydantic_core.to_json(rows).decode()
-            ctes.append(sql.replace(":rows", f"CAST(:{name} AS json)"))
+            ctes.append(sql.replace(":rows", f"CAST(%({name})s AS json)"))
 
         if self.site_insert is not None:
             add(_PG["site_insert"], [self.site_insert])
@@ -88,7 +88,8 @@ class ReportWrites:
         if not ctes:
             return
         sql = "WITH " + ", ".join(f"w{n} AS ({c})" for n, c in enumerate(ctes)) + " SELECT 1"
-        session.execute(sa.text(sql), params)
+        # Driver SQL: no SQLAlchemy statement to build and compile for every report.
+        session.connection().exec_driver_sql(sql, params)
 
     # -- elsewhere: one statement per kind of write ---------------------------------------
 

@@ -56,6 +56,25 @@ def test_bad_tokens_are_refused_with_a_reason(op, claims, reason):
         verifier(op).verify(op.issue_token("agent-a", **claims))
 
 
+def test_a_verified_token_is_remembered_until_it_expires(op, monkeypatch):
+    v = verifier(op)
+    token = op.issue_token("agent-a", exp=int(time.time()) + 2)
+    assert v.verify(token).site_id == "site-a"
+    # Reused tokens skip the signature check...
+    monkeypatch.setattr(v, "_verify", lambda t: pytest.fail("verified again"))
+    assert v.verify(token).client_id == "agent-a"
+    monkeypatch.undo()
+    # ...but never past their exp: then the full check runs, and refuses it.
+    time.sleep(2.1)
+    with pytest.raises(AuthError, match="expired"):
+        v.verify(token)
+    # A refused token is never remembered.
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    for _ in range(2):
+        with pytest.raises(AuthError):
+            v.verify(forged)
+
+
 def test_forged_signature_and_garbage_are_refused(op):
     other = FakeOIDCProvider()  # a different key pair, never started
     other.issuer = op.issuer

@@ -116,6 +116,43 @@ def test_upsert_delete_and_order_of_reports(reg, op):
     assert not reg.site("site-a").services
 
 
+def test_many_records_stored_verbatim_and_diffed_exactly(reg, op):
+    # Many records, with values that need escaping on their way to the database, stored as
+    # sent; the next report must find every stored digest equal to its own.
+    tricky = {"tab": "a\tb", "newline": "x\ny", "backslash": "C:\\path", "quote": 'say "hi"',
+              "unicode": "snø ☃", "null-ish": "\\N", "empty": ""}  # fmt: skip
+    flavors = [
+        {"id": f"f{n}", "name": f"m{n}\t\\N\\", "cpus": 1 + n, "ram_mb": 1024 * n, "disk_gb": n,
+         "properties": tricky if n % 2 else {"z": "1", "a": str(n)}}
+        for n in range(40)
+    ]  # fmt: skip
+    images = [
+        {"id": f"img-{n}", "name": f"ubuntu-{n}", "os_distribution": "ubuntu", "cuda": n % 3 == 0,
+         "description": "line\\one\ttwo", "properties": {"k": f"v{n}\n"}}
+        for n in range(40)
+    ]  # fmt: skip
+    images[7]["creationTime"] = (utcnow() - timedelta(seconds=30)).isoformat()
+    images[7]["validity"] = 300
+    doc = report(created_ago_s=30, flavors=flavors, images=images)
+    assert post(reg, op, doc).json()["changes"]["images"]["added"] == 40
+    svc = reg.site("site-a").services[0]
+    got = {f.id: f for f in svc.flavors}
+    assert set(got) == {f["id"] for f in flavors}
+    for f in flavors:
+        g = got[f["id"]]
+        assert (g.name, g.cpus, g.ram_mb) == (f["name"], f["cpus"], f["ram_mb"])
+        assert dict(g.properties) == f["properties"]
+    imgs = {i.id: i for i in svc.images}
+    assert dict(imgs["img-3"].properties) == {"k": "v3\n"} and imgs["img-3"].cuda
+    assert imgs["img-7"].freshness.validity_s == 300 and imgs["img-8"].freshness.validity_s == 600
+    # Same records again, one changed, one gone: nothing else counts as changed.
+    doc = report(created_ago_s=20, flavors=flavors[1:], images=images)
+    doc["services"][0]["images"][5] = {**images[5], "name": "renamed"}
+    changes = post(reg, op, doc).json()["changes"]
+    assert changes["flavors"] == {"added": 0, "updated": 0, "removed": 1}
+    assert changes["images"] == {"added": 0, "updated": 1, "removed": 0}
+
+
 def test_records_dated_by_the_site_expire_on_their_own(reg, op):
     doc = report()
     # One image carries its own, short validity that has already run out.
