@@ -63,6 +63,11 @@ def rows(db_url: str, sql: str, **params: str) -> list:
         engine.dispose()
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode(errors="replace").partition("=")[::2] for e in raw if b"=" in e)
+
+
 @pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_main_job_distributed(tmp_path, rabbitmq_url, rabbitmq_api):
@@ -94,6 +99,15 @@ def test_main_job_distributed(tmp_path, rabbitmq_url, rabbitmq_api):
         assert up.returncode == 0, up.stderr + up.stdout
         status = hdc("status")
         assert status["running"] and len(status["pids"]) > len(SERVICES)
+        # The orchestrator runs as the chart runs it: an API process and its workers, which
+        # take the host's CPU after the API (nice 10).
+        assert status["services"]["orchestrator-workers"]["health"] == "healthy"
+        roles = {
+            environ_of(pid).get("HDC_ORCHESTRATOR_ROLE"): os.getpriority(os.PRIO_PROCESS, pid)
+            for pid in status["pids"]
+            if environ_of(pid).get("HDC_ORCHESTRATOR_ROLE")
+        }
+        assert roles == {"api": 0, "workers": 10}
         deadline = time.monotonic() + 30
         while not hdc("site", "list")["sites"]:
             assert time.monotonic() < deadline, "the local site was not registered"

@@ -5,6 +5,11 @@ replicas), PostgreSQL databases, the real RabbitMQ broker, the gateway in front.
 PostgreSQL server given by `--postgres` (prefix `--db-prefix`), starts every service with `hdc-run <service>`,
 waits for every health check and writes `embedded.json` with every pid so that
 `hdc status` / `hdc down` work the same as in embedded mode.
+
+The orchestrator runs as the Helm chart runs it: an API process (role=api) and a workflow
+workers process (role=workers, `orchestrator-workers`) on the same database and broker.
+Every service here shares one host, so the workers run at nice 10: deployments progress
+after the API has answered, not instead of it (bench/orchestrator.py measures this layout).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from hdc_common.service import discover
 from hdc_common.settings import load_settings
 
 HEALTH_TIMEOUT_S = 60
+WORKERS_NICE = 10
+WORKERS_PORT_OFFSET = 50  # the workers' own health port: the API's + 50 (8151, ...)
 
 
 def ensure_database(server_url: str, name: str) -> str:
@@ -86,28 +93,34 @@ def start(
     try:
         for name, service in discover().items():
             db_url = ensure_database(postgres_url, f"{db_prefix}_{name}")
+            settings = load_settings(service.settings_cls)
             for replica in range(replicas):
                 env = service_env(home, name, bus_url, db_url, replica, trust_issuers or [])
-                log = open(home / "logs" / f"{name}-{replica}.log", "ab")  # noqa: SIM115 - owned by the child
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "hdc_cli.run_one", name],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-                procs.append({"service": name, "replica": replica, "pid": proc.pid, "proc": proc})
-                if replica == 0:
-                    settings = load_settings(service.settings_cls)
-                    urls = {}
-                    if settings.http_port:
-                        urls["http"] = (
-                            f"http://{settings.http_host}:{env.get(f'HDC_{name.upper()}_HTTP_PORT', settings.http_port)}"
-                        )
-                    if settings.grpc_port:
-                        urls["grpc"] = f"{settings.http_host}:{settings.grpc_port}"
-                    services[name] = urls
+                runs = [(name, env)]
+                if name == "orchestrator":
+                    runs = _orchestrator_roles(env, settings.http_port)
+                for label, run_env in runs:
+                    log = open(home / "logs" / f"{label}-{replica}.log", "ab")  # noqa: SIM115 - owned by the child
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "hdc_cli.run_one", name],
+                        env=run_env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                    procs.append(
+                        {"service": label, "replica": replica, "pid": proc.pid, "proc": proc}
+                    )
+                    if replica == 0:
+                        prefix = f"HDC_{name.upper()}_"
+                        urls = {}
+                        if settings.http_port:
+                            port = run_env.get(f"{prefix}HTTP_PORT", settings.http_port)
+                            urls["http"] = f"http://{settings.http_host}:{port}"
+                        if settings.grpc_port:
+                            urls["grpc"] = f"{settings.http_host}:{settings.grpc_port}"
+                        services[label] = urls
         _wait_healthy(home, procs, services)
         agent = _start_local_site_agent(home, services)
         if agent is not None:
@@ -124,6 +137,18 @@ def start(
     }
     embedded.state_path(home).write_text(json.dumps(state, indent=2))
     return state
+
+
+def _orchestrator_roles(env: dict[str, str], default_port: int) -> list[tuple[str, dict]]:
+    """The orchestrator's API and its niced workers, as (label, environment) pairs."""
+    port = int(env.get("HDC_ORCHESTRATOR_HTTP_PORT", default_port))
+    api = env | {"HDC_ORCHESTRATOR_ROLE": "api"}
+    workers = env | {
+        "HDC_ORCHESTRATOR_ROLE": "workers",
+        "HDC_ORCHESTRATOR_NICE": str(WORKERS_NICE),
+        "HDC_ORCHESTRATOR_HTTP_PORT": str(port + WORKERS_PORT_OFFSET),
+    }
+    return [("orchestrator", api), ("orchestrator-workers", workers)]
 
 
 def _start_local_site_agent(home: Path, services: dict[str, dict[str, str]]) -> dict | None:
