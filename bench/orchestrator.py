@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # orch_doubles uses tests.real_components
 sys.path.insert(0, str(ROOT / "tests" / "orchestrator"))
 
 import orch_doubles as infra  # noqa: E402  (vhost/db helpers of tests/orchestrator)

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 import yaml
 from hdc_common.identity import Identity, InternalTokenSigner, generate_keypair
 
@@ -45,10 +44,15 @@ from tests.fakes.fake_kubernetes_cluster import FakeKubernetesCluster
 from tests.fakes.fake_marathon_api import FakeMarathon
 from tests.fakes.fake_openstack_cloud import FakeOpenStackCloud
 from tests.fakes.oidc_provider import FakeOIDCProvider
+from tests.real_components import (
+    PG_DSN,
+    RABBIT_HOST,
+    create_databases,
+    drop_databases,
+    drop_vhost,
+    make_vhost,
+)
 
-RABBIT_HOST = os.environ.get("HDC_TEST_RABBITMQ_HOST", "127.0.0.1")
-RABBIT_MGMT = os.environ.get("HDC_TEST_RABBITMQ_MGMT", f"http://{RABBIT_HOST}:15672")
-PG_DSN = os.environ.get("HDC_TEST_POSTGRES", "postgresql+psycopg://hdc:hdc@127.0.0.1:5432")
 BIN = Path(sys.executable).parent
 TEMPLATES = Path(__file__).resolve().parents[2] / "tosca-templates" / "templates"
 SERVICES = ("infoprovider", "ranker", "vrouter", "im", "orchestrator")
@@ -72,40 +76,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-# ---------------------------------------------------------------------- RabbitMQ, PostgreSQL
-
-
-def make_vhost() -> str:
-    vhost = f"tpl-{uuid.uuid4().hex[:10]}"
-    with httpx.Client(base_url=RABBIT_MGMT, auth=("hdc", "hdc"), timeout=30) as api:
-        api.put(f"/api/vhosts/{vhost}").raise_for_status()
-        api.put(
-            f"/api/permissions/{vhost}/hdc", json={"configure": ".*", "write": ".*", "read": ".*"}
-        ).raise_for_status()
-    return vhost
-
-
-def drop_vhost(vhost: str) -> None:
-    with httpx.Client(base_url=RABBIT_MGMT, auth=("hdc", "hdc"), timeout=30) as api:
-        api.delete(f"/api/vhosts/{vhost}")
-
-
-def make_databases(names: list[str]) -> None:
-    admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        for name in names:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-
-
-def drop_databases(names: list[str]) -> None:
-    admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        for name in names:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 # ---------------------------------------------------------------------- processes
@@ -439,7 +409,7 @@ class Platform:
         for service in self.services.values():
             service.stop()
         self.sites.stop()
-        drop_databases(self.databases)
+        drop_databases(*self.databases)
         drop_vhost(self.vhost)
 
 
@@ -453,11 +423,11 @@ def _service_env(name: str, port: int, grpc: int | None, common: dict[str, str])
 
 def start_platform(home: Path) -> Iterator[Platform]:
     """Start everything, register the five sites, yield the platform, tear it all down."""
-    vhost = make_vhost()
+    vhost = make_vhost("tpl")
     bus_url = f"amqp://hdc:hdc@{RABBIT_HOST}:5672/{vhost}"
     tag = uuid.uuid4().hex[:8]
     databases = [f"tpl_{tag}_{name}" for name in SERVICES]
-    make_databases(databases)
+    create_databases(*databases)
     private_pem, public_pem = generate_keypair()
     sites = Sites.start()
     services: dict[str, ServiceProcess] = {}

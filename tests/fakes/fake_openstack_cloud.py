@@ -85,68 +85,6 @@ class FakeOpenStackCloud(FakeOpenStack):
                 quota[key]["in_use"] = max(0, quota[key].get("in_use", 0) + sign * amount)
         return None
 
-    def _boot_networks(self, srv: dict[str, Any]) -> tuple[list[str], tuple[int, dict] | None]:
-        net = self.neutron
-        assert net is not None
-        requested = srv.get("networks")
-        with net.lock:
-            if requested in (None, "auto"):
-                usable = [
-                    n
-                    for n in net.networks.values()
-                    if not n["router:external"]
-                    and (n["project_id"] == net.project_id or n["shared"])
-                ]
-                if len(usable) > 1:
-                    return [], _fault(
-                        409,
-                        "conflictingRequest",
-                        "Multiple possible networks found, use a Network ID to be more specific.",
-                    )
-                requested = [{"uuid": n["id"]} for n in usable]
-            if requested == "none":
-                return [], None
-            ids = []
-            for item in requested or []:
-                nid = str((item or {}).get("uuid"))
-                n = net.networks.get(nid)
-                if n is None or not net._visible(n):
-                    return [], _fault(400, "badRequest", f"Network {nid} could not be found.")
-                if not n["subnets"]:
-                    return [], _fault(
-                        400,
-                        "badRequest",
-                        f"Network {nid} requires a subnet in order to boot instances on.",
-                    )
-                ids.append(nid)
-            return ids, None
-
-    def _boot_security_groups(
-        self, srv: dict[str, Any]
-    ) -> tuple[list[str], tuple[int, dict] | None]:
-        net = self.neutron
-        assert net is not None
-        ids = []
-        with net.lock:
-            for item in srv.get("security_groups") or [{"name": "default"}]:
-                name = str((item or {}).get("name"))
-                found = [
-                    g
-                    for g in net.security_groups.values()
-                    if g["project_id"] == net.project_id and name in (g["name"], g["id"])
-                ]
-                if not found:
-                    return [], _fault(400, "badRequest", f"Security group {name} not found.")
-                if len(found) > 1:
-                    return [], _fault(
-                        409,
-                        "conflictingRequest",
-                        f"Multiple security groups found matching '{name}'. Use an ID to be "
-                        "more specific.",
-                    )
-                ids.append(found[0]["id"])
-        return ids, None
-
     def create_server(self, project_id: str, body: Any) -> tuple[int, dict[str, Any]]:
         srv = body.get("server") if isinstance(body, dict) else None
         if not isinstance(srv, dict) or not srv.get("name"):
@@ -165,10 +103,12 @@ class FakeOpenStackCloud(FakeOpenStack):
                 user_data = base64.b64decode(srv["user_data"], validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
                 return _fault(400, "badRequest", "User data needs to be valid base 64.")
-        networks, refusal = self._boot_networks(srv)
+        net = self.neutron
+        assert net is not None
+        networks, refusal = net.boot_networks(srv.get("networks"), net.project_id)
         if refusal is not None:
             return refusal
-        groups, refusal = self._boot_security_groups(srv)
+        groups, refusal = net.boot_security_groups(srv.get("security_groups"), net.project_id)
         if refusal is not None:
             return refusal
         with self._lock:

@@ -200,96 +200,6 @@ class FakeOpenStack:
             s["OS-EXT-STS:power_state"] = 1
         s["_reads"] += 1
 
-    def _boot_networks(self, srv: dict[str, Any]) -> tuple[list[str], tuple[int, dict] | None]:
-        """The networks a server boots on, or Nova's refusal."""
-        net = self.neutron
-        requested = srv.get("networks")
-        with net.lock:
-            if requested in (None, "auto"):
-                usable = [
-                    n
-                    for n in net.networks.values()
-                    if not n["router:external"]
-                    and (n["project_id"] == self.project_id or n["shared"])
-                ]
-                if len(usable) > 1:
-                    return [], (
-                        409,
-                        {
-                            "conflictingRequest": {
-                                "code": 409,
-                                "message": "Multiple possible networks found, use a Network "
-                                "ID to be more specific.",
-                            }
-                        },
-                    )
-                requested = [{"uuid": n["id"]} for n in usable]
-            if requested == "none":
-                return [], None
-            ids = []
-            for item in requested or []:
-                nid = str((item or {}).get("uuid"))
-                n = net.networks.get(nid)
-                if n is None or not net._visible(n):
-                    return [], (
-                        400,
-                        {
-                            "badRequest": {
-                                "code": 400,
-                                "message": f"Network {nid} could not be found.",
-                            }
-                        },
-                    )
-                if not n["subnets"]:
-                    return [], (
-                        400,
-                        {
-                            "badRequest": {
-                                "code": 400,
-                                "message": f"Network {nid} requires a subnet in order to boot "
-                                "instances on.",
-                            }
-                        },
-                    )
-                ids.append(nid)
-            return ids, None
-
-    def _boot_security_groups(self, srv: dict[str, Any]) -> tuple[list[str], tuple | None]:
-        net = self.neutron
-        ids = []
-        with net.lock:
-            for item in srv.get("security_groups") or [{"name": "default"}]:
-                name = str((item or {}).get("name"))
-                found = [
-                    g
-                    for g in net.security_groups.values()
-                    if g["project_id"] == self.project_id and name in (g["name"], g["id"])
-                ]
-                if not found:
-                    return [], (
-                        400,
-                        {
-                            "badRequest": {
-                                "code": 400,
-                                "message": f"Security group {name} not found for project "
-                                f"{self.project_id}.",
-                            }
-                        },
-                    )
-                if len(found) > 1:
-                    return [], (
-                        409,
-                        {
-                            "conflictingRequest": {
-                                "code": 409,
-                                "message": f"Multiple security groups found matching '{name}'. "
-                                "Use an ID to be more specific.",
-                            }
-                        },
-                    )
-                ids.append(found[0]["id"])
-        return ids, None
-
     def create_server(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         srv = (body or {}).get("server")
         if not isinstance(srv, dict) or not srv.get("name"):
@@ -305,10 +215,12 @@ class FakeOpenStack:
         flavor = FLAVORS.get(str(srv.get("flavorRef")))
         if flavor is None:
             return 400, {"badRequest": {"code": 400, "message": "Invalid flavorRef provided."}}
-        networks, refusal = self._boot_networks(srv)
+        networks, refusal = self.neutron.boot_networks(srv.get("networks"), self.project_id)
         if refusal is not None:
             return refusal
-        sg_ids, refusal = self._boot_security_groups(srv)
+        sg_ids, refusal = self.neutron.boot_security_groups(
+            srv.get("security_groups"), self.project_id
+        )
         if refusal is not None:
             return refusal
         with self.lock:

@@ -53,6 +53,10 @@ def _fields(obj: dict[str, Any], query: dict[str, list[str]]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k in keep} if keep else dict(obj)
 
 
+def _nova_fault(status: int, kind: str, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {kind: {"code": status, "message": message}}
+
+
 class FakeNeutron:
     """One project's view of Neutron, plus the external network every project can see."""
 
@@ -316,6 +320,73 @@ class FakeNeutron:
                         }
                     )
         return out
+
+    # -- what Nova asks of Neutron when it boots a server --------------------------------
+    # Refusals are Nova's (status, fault body): both Nova fakes answer them as they are.
+
+    def boot_networks(
+        self, requested: Any, project_id: str
+    ) -> tuple[list[str], tuple[int, dict[str, Any]] | None]:
+        """The networks a server boots on (`networks` of its create request), or Nova's refusal."""
+        with self.lock:
+            if requested in (None, "auto"):
+                usable = [
+                    n
+                    for n in self.networks.values()
+                    if not n["router:external"] and (n["project_id"] == project_id or n["shared"])
+                ]
+                if len(usable) > 1:
+                    return [], _nova_fault(
+                        409,
+                        "conflictingRequest",
+                        "Multiple possible networks found, use a Network ID to be more specific.",
+                    )
+                requested = [{"uuid": n["id"]} for n in usable]
+            if requested == "none":
+                return [], None
+            ids = []
+            for item in requested or []:
+                nid = str((item or {}).get("uuid"))
+                n = self.networks.get(nid)
+                if n is None or not self._visible(n):
+                    return [], _nova_fault(400, "badRequest", f"Network {nid} could not be found.")
+                if not n["subnets"]:
+                    return [], _nova_fault(
+                        400,
+                        "badRequest",
+                        f"Network {nid} requires a subnet in order to boot instances on.",
+                    )
+                ids.append(nid)
+            return ids, None
+
+    def boot_security_groups(
+        self, requested: Any, project_id: str
+    ) -> tuple[list[str], tuple[int, dict[str, Any]] | None]:
+        """The security groups (`security_groups` of a create request, by name or id)."""
+        ids = []
+        with self.lock:
+            for item in requested or [{"name": "default"}]:
+                name = str((item or {}).get("name"))
+                found = [
+                    g
+                    for g in self.security_groups.values()
+                    if g["project_id"] == project_id and name in (g["name"], g["id"])
+                ]
+                if not found:
+                    return [], _nova_fault(
+                        400,
+                        "badRequest",
+                        f"Security group {name} not found for project {project_id}.",
+                    )
+                if len(found) > 1:
+                    return [], _nova_fault(
+                        409,
+                        "conflictingRequest",
+                        f"Multiple security groups found matching '{name}'. Use an ID to be "
+                        "more specific.",
+                    )
+                ids.append(found[0]["id"])
+        return ids, None
 
     def floating_for_port(self, port_id: str) -> list[str]:
         return [

@@ -36,44 +36,28 @@ from hdc_common.bus import Bus, create_tables
 from hdc_common.db import create_engine, session_factory
 from hdc_common.identity import Identity, InternalTokenSigner, generate_keypair
 
+from tests import real_components
+
+# Re-exported: the orchestrator tests and bench/orchestrator.py take them from here.
+from tests.real_components import PG_DSN, RABBIT_HOST, drop_vhost  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------- shared infrastructure
 
-RABBIT_HOST = os.environ.get("HDC_TEST_RABBITMQ_HOST", "127.0.0.1")
-RABBIT_MGMT = os.environ.get("HDC_TEST_RABBITMQ_MGMT", f"http://{RABBIT_HOST}:15672")
-PG_DSN = os.environ.get("HDC_TEST_POSTGRES", "postgresql+psycopg://hdc:hdc@127.0.0.1:5432")
-
 
 def make_vhost() -> str:
-    vhost = f"orch-{uuid.uuid4().hex[:10]}"
-    with httpx.Client(base_url=RABBIT_MGMT, auth=("hdc", "hdc"), timeout=30) as api:
-        api.put(f"/api/vhosts/{vhost}").raise_for_status()
-        api.put(
-            f"/api/permissions/{vhost}/hdc", json={"configure": ".*", "write": ".*", "read": ".*"}
-        ).raise_for_status()
-    return vhost
-
-
-def drop_vhost(vhost: str) -> None:
-    with httpx.Client(base_url=RABBIT_MGMT, auth=("hdc", "hdc"), timeout=30) as api:
-        api.delete(f"/api/vhosts/{vhost}")
+    return real_components.make_vhost("orch")
 
 
 def make_db() -> str:
     name = f"orch_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
+    real_components.create_databases(name)
     return name
 
 
 def drop_db(name: str) -> None:
-    admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    real_components.drop_databases(name)
 
 
 TEMPLATE = """\
