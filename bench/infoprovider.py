@@ -50,8 +50,14 @@ from hdc_infoprovider.report import SiteReport, utcnow  # noqa: E402
 from hdc_infoprovider.service import MIGRATIONS  # noqa: E402
 
 from tests.fakes.oidc_provider import FakeOIDCProvider  # noqa: E402
-
-PG_DSN = os.environ.get("HDC_TEST_POSTGRES", "postgresql+psycopg://hdc:hdc@127.0.0.1:5432")
+from tests.real_components import (  # noqa: E402
+    PG_DSN,
+    RABBIT_HOST,
+    create_databases,
+    drop_databases,
+    drop_vhost,
+    make_vhost,
+)
 
 QUERIES = [
     # The orchestrator's common case: a VM of a size, an OS image, room in the tenant's quota.
@@ -78,9 +84,7 @@ class Database:
         self.kind = kind
         self.name = f"bench_ip_{uuid.uuid4().hex[:10]}"
         if kind == "postgres":
-            self.admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
-            with self.admin.connect() as c:
-                c.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+            create_databases(self.name)
             self.url = f"{PG_DSN}/{self.name}"
         else:
             self.path = Path(f"/tmp/{self.name}.db")
@@ -92,9 +96,7 @@ class Database:
     def drop(self) -> None:
         self.engine.dispose()
         if self.kind == "postgres":
-            with self.admin.connect() as c:
-                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-            self.admin.dispose()
+            drop_databases(self.name)
         else:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -186,49 +188,41 @@ def amqp_ingest(db: Database, op: Any, envelopes: list[dict[str, Any]], sites: i
     Reports are queued first, then the registry's consumer is started and timed until it
     has applied them all (what a registry replica sustains from a backlog).
     """
-    import httpx
     from hdc_common.bus import Bus
     from hdc_infoprovider.service import InfoProviderSettings, build
 
-    mgmt = os.environ.get("HDC_TEST_RABBITMQ_MGMT", "http://127.0.0.1:15672")
-    host = os.environ.get("HDC_TEST_RABBITMQ_HOST", "127.0.0.1")
-    vhost = f"bench-{uuid.uuid4().hex[:8]}"
-    with httpx.Client(base_url=mgmt, auth=("hdc", "hdc"), timeout=30) as api:
-        api.put(f"/api/vhosts/{vhost}").raise_for_status()
-        api.put(
-            f"/api/permissions/{vhost}/hdc", json={"configure": ".*", "write": ".*", "read": ".*"}
-        ).raise_for_status()
+    vhost = make_vhost("bench")
+    try:
+        url = f"amqp://hdc:hdc@{RABBIT_HOST}:5672/{vhost}"
+        settings = InfoProviderSettings(
+            database_url=db.url,
+            bus_url=url,
+            trusted_issuers=[TrustedIssuer(issuer=op.issuer)],
+            agent_clients=[AgentClient(site_id=f"site-{i:04d}", client_id=f"agent-{i}", issuer=op.issuer)
+                           for i in range(sites)],
+        )  # fmt: skip
+        components = build(settings)
+        # Every consumer of the report queue the service runs (`report_consumers`).
+        buses = [c for c in components.background if isinstance(c, Bus)]
+        with Bus(url, service="bench-agents") as agents:
+            for env in envelopes:
+                event = agents.new_event("infoprovider.site.report", env)
+                agents.publish(event, exchange="hdc.commands", routing_key="infoprovider")
+        before = _accepted(db)
+        t0 = time.perf_counter()
+        for bus in buses:
+            bus.start()
         try:
-            url = f"amqp://hdc:hdc@{host}:5672/{vhost}"
-            settings = InfoProviderSettings(
-                database_url=db.url,
-                bus_url=url,
-                trusted_issuers=[TrustedIssuer(issuer=op.issuer)],
-                agent_clients=[AgentClient(site_id=f"site-{i:04d}", client_id=f"agent-{i}", issuer=op.issuer)
-                               for i in range(sites)],
-            )  # fmt: skip
-            components = build(settings)
-            # Every consumer of the report queue the service runs (`report_consumers`).
-            buses = [c for c in components.background if isinstance(c, Bus)]
-            with Bus(url, service="bench-agents") as agents:
-                for env in envelopes:
-                    event = agents.new_event("infoprovider.site.report", env)
-                    agents.publish(event, exchange="hdc.commands", routing_key="infoprovider")
-            before = _accepted(db)
-            t0 = time.perf_counter()
-            for bus in buses:
-                bus.start()
-            try:
-                deadline = time.monotonic() + 600
-                while _accepted(db) < before + len(envelopes) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                elapsed = time.perf_counter() - t0
-                done = _accepted(db) - before
-            finally:
-                for bus in buses:
-                    bus.stop()
+            deadline = time.monotonic() + 600
+            while _accepted(db) < before + len(envelopes) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+            done = _accepted(db) - before
         finally:
-            api.delete(f"/api/vhosts/{vhost}")
+            for bus in buses:
+                bus.stop()
+    finally:
+        drop_vhost(vhost)
     return done / elapsed
 
 
