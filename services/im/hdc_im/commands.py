@@ -19,6 +19,8 @@ from hdc_im.settings import ImSettings
 from hdc_im.topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
+_INFRAS = Infrastructure.__table__
+_INFRA_EXISTS = sa.select(_INFRAS.c.id).where(_INFRAS.c.id == sa.bindparam("id"))
 
 
 class CommandHandlers:
@@ -51,7 +53,9 @@ class CommandHandlers:
         infra_id = str(data.get("infrastructure_id") or "")
         if not infra_id:
             raise ValueError("im.infrastructure.create without infrastructure_id")
-        if session.get(Infrastructure, infra_id) is not None:
+        if session.new:  # an earlier command of this transaction may have added it
+            session.flush()
+        if session.connection().scalar(_INFRA_EXISTS, {"id": infra_id}) is not None:
             return  # idempotent: the id is the orchestrator's idempotency key
         site = dict(data.get("site") or {})
         site_id = str(site.get("id") or "")
@@ -80,6 +84,7 @@ class CommandHandlers:
             tosca=data.get("tosca"),
             deployment_id=data.get("deployment_id"),
             user_data_extra=data.get("user_data_extra"),
+            hand_off=True,
         )
 
     def update(self, session: Session, event: Any) -> None:

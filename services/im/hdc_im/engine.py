@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -43,8 +44,76 @@ from hdc_im.topology import NodeSpec, Topology
 
 log = logging.getLogger(__name__)
 _SEALED = "sealed:"
+_ANNOUNCED = "announced"  # a create job's payload: its start was announced on submission
 
 DriverFactory = Callable[[dict[str, Any], dict[str, Any] | None], Driver]
+
+_JOBS = Job.__table__
+_INFRAS = Infrastructure.__table__
+# Take a create job that its command handler handed straight to this process's workers:
+# only while nobody has run it yet (queued), no other job of its infrastructure runs (the
+# rule claim() keeps), and the infrastructure is still the row the handler wrote (the
+# handler's objects are used instead of reading them again). One statement, built once.
+_CLAIM_HANDED_OFF = (
+    sa.update(_JOBS)
+    .where(
+        _JOBS.c.id == sa.bindparam("jid"),
+        _JOBS.c.state == "queued",
+        _JOBS.c.infrastructure_id.not_in(
+            sa.select(_JOBS.c.infrastructure_id).where(
+                _JOBS.c.state == "running", _JOBS.c.lease_until >= sa.bindparam("now")
+            )
+        ),
+        sa.exists().where(
+            _INFRAS.c.id == sa.bindparam("iid"), _INFRAS.c.version == sa.bindparam("ver")
+        ),
+    )
+    .values(
+        state="running",
+        lease_owner=sa.bindparam("owner"),
+        lease_until=sa.bindparam("until"),
+        attempts=_JOBS.c.attempts + 1,
+    )
+)
+# The hot single-row job updates, built once (Core: no ORM bulk-update machinery per call).
+_FINISH = (
+    sa.update(_JOBS)
+    .where(_JOBS.c.id == sa.bindparam("jid"), _JOBS.c.lease_owner == sa.bindparam("owner"))
+    .values(state=sa.bindparam("p_state"), error=sa.bindparam("p_error"), lease_until=None)
+)
+_RENEW = (
+    sa.update(_JOBS)
+    .where(
+        _JOBS.c.id == sa.bindparam("jid"),
+        _JOBS.c.lease_owner == sa.bindparam("owner"),
+        _JOBS.c.state == "running",
+    )
+    .values(lease_until=sa.bindparam("until"))
+)
+_AFTER_COMMIT = "hdc_im_after_commit"
+
+
+def on_commit(session: Session, fn: Callable[[], None]) -> None:
+    """Run fn once `session`'s transaction has committed (dropped if it rolls back)."""
+    todo = session.info.get(_AFTER_COMMIT)
+    if todo is None:
+        todo = session.info[_AFTER_COMMIT] = []
+
+        def committed(s: Session) -> None:
+            fns = list(s.info.get(_AFTER_COMMIT) or ())
+            s.info[_AFTER_COMMIT] = []
+            for f in fns:
+                try:
+                    f()
+                except Exception:  # committed already; a queued job is still found by polling
+                    log.exception("after-commit step failed")
+
+        def rolled_back(s: Session) -> None:
+            s.info[_AFTER_COMMIT] = []
+
+        sa.event.listen(session, "after_commit", committed)
+        sa.event.listen(session, "after_rollback", rolled_back)
+    todo.append(fn)
 
 
 class LeaseLost(Exception):
@@ -94,15 +163,10 @@ class LeaseKeeper:
     def _renew(self, jobs: list[Job]) -> None:
         until = utcnow() + dt.timedelta(seconds=self.engine.lease_s)
         with self.engine.sessions.begin() as s:
+            conn = s.connection()
             for job in jobs:
-                res = s.execute(
-                    sa.update(Job)
-                    .where(
-                        Job.id == job.id,
-                        Job.lease_owner == job.lease_owner,
-                        Job.state == "running",
-                    )
-                    .values(lease_until=until)
+                res = conn.execute(
+                    _RENEW, {"jid": job.id, "owner": job.lease_owner, "until": until}
                 )
                 if res.rowcount != 1:
                     job._lost = True
@@ -178,7 +242,12 @@ class Engine:
         self.max_attempts = max_attempts
         self.ready_timeout_s = ready_timeout_s
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
-        self.wakeup = threading.Event()
+        # Jobs handed to this process's workers without a trip through the database (their
+        # rows are committed, queued, claimable by anyone; see hand_off), and None: "look at
+        # the database" (a job was queued). A put wakes one waiting worker.
+        self._handoffs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.local_workers = 0  # worker threads running in this process (Worker.start)
+        self.handoff_max = 1000
         self.leases = LeaseKeeper(self)
         self._last_call = 0.0
         self._rate_lock = threading.Lock()
@@ -267,6 +336,7 @@ class Engine:
         wake: bool = True,
         claim: bool = False,
         progress_event: bool = True,
+        hand_off: bool = False,
     ) -> tuple[Infrastructure, Job]:
         """Record an infrastructure, its planned VMs and its create job in `session`.
 
@@ -274,6 +344,11 @@ class Engine:
         the job is created already leased to this engine, and its start is announced in the
         same transaction, so the fast path costs no extra writes. A crash before it finishes
         lets the lease expire and any worker resumes it.
+
+        hand_off=True (the bus's commands): the job is queued like any other, its start is
+        announced in this transaction (the job remembers it: a worker that takes it from the
+        database does not announce it again), and once committed it is handed to a worker
+        of this process with the rows just written, so that worker reads none of them again.
         """
         infra = Infrastructure(
             id=infra_id,
@@ -291,17 +366,62 @@ class Engine:
             next_vm_index=0,
             version=1,
         )
-        session.add(infra)
-        session.flush()
-        todo = self.plan_vms(session, infra, topo, new_infra=True)
-        job = self.submit_job(session, infra_id, "create", wake=wake and not claim, claim=claim)
-        if claim:
+        if claim or hand_off:
+            # before the INSERT, so that its log line is part of it (no UPDATE of the row);
             # a synchronous caller learns the outcome from its own answer: the progress event
             # only matters to asynchronous watchers (the orchestrator)
             self._announce(session, infra, event=progress_event)
+        session.add(infra)  # the flush inserts it before its VMs (their foreign key)
+        todo = self.plan_vms(session, infra, topo, new_infra=True)
+        job = self.submit_job(
+            session,
+            infra_id,
+            "create",
+            {_ANNOUNCED: True} if hand_off and not claim else None,
+            wake=wake and not claim and not hand_off,
+            claim=claim,
+            flush=not hand_off,  # handed off: written with the rest at commit, one flush
+        )
+        if claim:
             job._infra = infra
             job._todo = todo
+        elif hand_off:
+            self.hand_off(session, job, infra, todo, wake=wake)
         return infra, job
+
+    def hand_off(
+        self, session: Session, job: Job, infra: Infrastructure, todo: list[VM], wake: bool = True
+    ) -> None:
+        """Once `session` commits, give the queued create `job` to a worker of this process
+        together with the objects of its rows, as written (see run_once). The job stays an
+        ordinary queued job until a worker claims it, so any worker anywhere may take it
+        instead (this process dying, or busy): then it runs as if it had never been handed.
+        """
+        if self.local_workers <= 0 or self._handoffs.qsize() >= self.handoff_max:
+            if wake:
+                on_commit(session, self.kick)
+            return
+
+        def give() -> None:
+            state = sa.inspect(job)
+            if not state.persistent:  # rolled back with a savepoint: nothing to run
+                return
+            # out of the committing session: its close must not touch what the worker uses
+            for obj in (job, infra, *todo):
+                if sa.inspect(obj).session is session:
+                    session.expunge(obj)
+            job._infra = infra
+            job._todo = todo
+            job._handed_off = True
+            self._handoffs.put(job)
+
+        on_commit(session, give)
+
+    def kick(self) -> None:
+        """A job was queued in the database: wake a worker to look (if any runs here; a
+        worker that finds nothing to do looks again after its poll interval anyway)."""
+        if self.local_workers > 0 and self._handoffs.qsize() < self.handoff_max:
+            self._handoffs.put(None)
 
     def submit_job(
         self,
@@ -311,8 +431,10 @@ class Engine:
         payload: dict[str, Any] | None = None,
         wake: bool = True,
         claim: bool = False,
+        flush: bool = True,
     ) -> Job:
-        """Queue a job; claim=True: leased to this engine now, the caller runs it (run())."""
+        """Queue a job; claim=True: leased to this engine now, the caller runs it (run()).
+        flush=False: its id is known only once the session flushes (at commit at the latest)."""
         job = Job(
             infrastructure_id=infra_id, kind=kind, payload=payload or {}, state="queued", attempts=0
         )
@@ -322,9 +444,11 @@ class Engine:
             job.lease_owner = self._lease_token()
             job.lease_until = utcnow() + dt.timedelta(seconds=self.lease_s)
         session.add(job)
-        session.flush()
+        if flush:
+            session.flush()
         if wake:
-            self.wakeup.set()
+            # once committed: a worker woken before would not see the job yet
+            on_commit(session, self.kick)
         return job
 
     # -- leases --------------------------------------------------------------------------
@@ -383,11 +507,10 @@ class Engine:
         if not force and now - renewed < self.lease_s / 3:
             return
         job._renewed_at = now
+        until = utcnow() + dt.timedelta(seconds=self.lease_s)
         with self.sessions.begin() as s:
-            res = s.execute(
-                sa.update(Job)
-                .where(Job.id == job.id, Job.lease_owner == job.lease_owner, Job.state == "running")
-                .values(lease_until=utcnow() + dt.timedelta(seconds=self.lease_s))
+            res = s.connection().execute(
+                _RENEW, {"jid": job.id, "owner": job.lease_owner, "until": until}
             )
             if res.rowcount != 1:
                 raise LeaseLost(f"job {job.id}")
@@ -408,10 +531,8 @@ class Engine:
     def _finish_in(self, s: Session, job: Job, state: str, error: str | None) -> None:
         """Mark done inside the caller's transaction, so state and job commit together."""
         job._finished = True
-        res = s.execute(
-            sa.update(Job)
-            .where(Job.id == job.id, Job.lease_owner == job.lease_owner)
-            .values(state=state, error=error, lease_until=None)
+        res = s.connection().execute(
+            _FINISH, {"jid": job.id, "owner": job.lease_owner, "p_state": state, "p_error": error}
         )
         if res.rowcount != 1:
             raise LeaseLost(f"job {job.id}")
@@ -419,10 +540,56 @@ class Engine:
     # -- running work --------------------------------------------------------------------
 
     def run_once(self, job_id: int | None = None) -> bool:
+        """Run one job: a handed-off one first, else one claimed from the database."""
+        if job_id is None:
+            try:
+                handed = self._handoffs.get_nowait()
+            except queue.Empty:
+                handed = None
+            if handed is not None:
+                self.run_handed_off(handed)
+                return True
         job = self.claim(job_id)
         if job is None:
             return False
         self.run(job)
+        return True
+
+    def next_handoff(self, timeout: float) -> Job | None:
+        """Wait up to timeout for a handed-off job (None: none, or look at the database)."""
+        try:
+            return self._handoffs.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def run_handed_off(self, job: Job) -> None:
+        if not self._claim_handed_off(job):
+            # taken by another worker, or its rows changed meanwhile: the database decides
+            self.run_once(job.id)
+            return
+        self.run(job)
+
+    def _claim_handed_off(self, job: Job) -> bool:
+        now = utcnow()
+        owner = self._lease_token()
+        until = now + dt.timedelta(seconds=self.lease_s)
+        with self.sessions.begin() as s:
+            res = s.connection().execute(
+                _CLAIM_HANDED_OFF,
+                {
+                    "jid": job.id,
+                    "now": now,
+                    "iid": job.infrastructure_id,
+                    "ver": job._infra.version,
+                    "owner": owner,
+                    "until": until,
+                },
+            )
+            if res.rowcount != 1:
+                return False
+        # queued until now: this is its first attempt
+        job.state, job.attempts, job.lease_owner, job.lease_until = "running", 1, owner, until
+        job._renewed_at = time.monotonic()
         return True
 
     def run(self, job: Job) -> None:
@@ -529,7 +696,8 @@ class Engine:
                 infra = s.get(Infrastructure, infra_id)
                 if infra is None or infra.state in (DELETING, DELETED, FAILED):
                     return
-                self._announce(s, infra)
+                if not ((job.attempts or 1) == 1 and (job.payload or {}).get(_ANNOUNCED)):
+                    self._announce(s, infra)  # (else announced when the job was submitted)
         topo = Topology.from_dict(infra.topology)
         try:
             drv = self.driver(infra)
@@ -626,9 +794,10 @@ class Engine:
         adopted = status is not None
         if status is None:
             self._throttle()
-            req.user_data = contextualization.user_data(
-                node, infra.id, vm.index, infra.user_data_extra
-            )
+            if getattr(drv, "wants_user_data", True):
+                req.user_data = contextualization.user_data(
+                    node, infra.id, vm.index, infra.user_data_extra
+                )
             req.node = self._unsealed(node)  # opened only for the call that hands them over
             status = drv.create_vm(req)
             req.node = node
@@ -670,27 +839,35 @@ class Engine:
             self._apply_records(s, made, provider_type, topo)
 
     def _apply_records(
-        self, s: Session, made: list[tuple[VM, Any, bool]], provider_type: str, topo: Topology
+        self,
+        s: Session,
+        made: list[tuple[VM, Any, bool]],
+        provider_type: str,
+        topo: Topology,
+        fresh: bool = False,
     ) -> list[VM]:
-        rows: dict[int, VM] = {}
-        if made:
-            rows = {
-                r.id: r
-                for r in s.scalars(sa.select(VM).where(VM.id.in_([vm.id for vm, _, _ in made])))
-            }
-            for vm, status, adopted in made:
-                row = rows[vm.id]
-                row.provider_id = status.provider_id
-                row.state = status.state
-                row.public_ip = status.public_ip
-                row.private_ip = status.private_ip
-                row.ports = status.ports
-                row.info = {**(row.info or {}), **status.info, "provider_type": provider_type}
-                verb = "found (made before a restart)" if adopted else "created"
-                self._log(s, None, f"VM {vm.index} ({vm.node}) {verb}: {status.provider_id}", row)
-                node = topo.node(vm.node)
-                if not adopted and node is not None and node.kind == "vm":
-                    self._log(s, None, f"VM {vm.index}: cloud-init user-data delivered", row)
+        """fresh: the VM objects are the rows as this job's submission wrote them (nobody has
+        touched them since; optimistic locking refuses them otherwise): not read again."""
+        if not made:
+            return []
+        if fresh:
+            rows = {vm.id: s.merge(vm, load=False) for vm, _, _ in made}
+        else:
+            ids = [vm.id for vm, _, _ in made]
+            rows = {r.id: r for r in s.scalars(sa.select(VM).where(VM.id.in_(ids)))}
+        for vm, status, adopted in made:
+            row = rows[vm.id]
+            row.provider_id = status.provider_id
+            row.state = status.state
+            row.public_ip = status.public_ip
+            row.private_ip = status.private_ip
+            row.ports = status.ports
+            row.info = {**(row.info or {}), **status.info, "provider_type": provider_type}
+            verb = "found (made before a restart)" if adopted else "created"
+            self._log(s, None, f"VM {vm.index} ({vm.node}) {verb}: {status.provider_id}", row)
+            node = topo.node(vm.node)
+            if not adopted and node is not None and node.kind == "vm":
+                self._log(s, None, f"VM {vm.index}: cloud-init user-data delivered", row)
         return list(rows.values())
 
     def _wait_running(
@@ -759,7 +936,10 @@ class Engine:
             )
             if made is not None:
                 # a fresh infrastructure whose VMs all came up: they are all of its VMs
-                vms = sorted(self._apply_records(s, made[0], made[1], topo), key=lambda v: v.index)
+                vms = sorted(
+                    self._apply_records(s, made[0], made[1], topo, fresh=known is not None),
+                    key=lambda v: v.index,
+                )
             else:
                 vms = s.scalars(
                     sa.select(VM)
@@ -1055,6 +1235,7 @@ class Worker:
 
     def start(self) -> None:
         self._stop.clear()
+        self.engine.local_workers += self.threads
         for i in range(self.threads):
             t = threading.Thread(target=self._loop, name=f"im-worker-{i}", daemon=True)
             t.start()
@@ -1062,7 +1243,9 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
-        self.engine.wakeup.set()
+        self.engine.local_workers -= len(self._threads)
+        for _ in self._threads:
+            self.engine._handoffs.put(None)  # wakes one waiting worker: it sees the stop
         for t in self._threads:
             t.join(timeout=10)
         self._threads.clear()
@@ -1072,7 +1255,9 @@ class Worker:
             try:
                 if self.engine.run_once():
                     continue
+                # idle: until a job is handed over or queued, or poll_s passes
+                job = self.engine.next_handoff(self.poll_s)
+                if job is not None and not self._stop.is_set():
+                    self.engine.run_handed_off(job)
             except Exception:  # the database may be briefly unreachable; keep going
                 log.exception("worker loop error")
-            self.engine.wakeup.wait(self.poll_s)
-            self.engine.wakeup.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import pickle
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,9 @@ from toscaparser.tosca_template import ToscaTemplate
 from hdc_im.topology import CONTAINER_KIND, VM_KIND, NodeSpec, Topology, TopologyError
 
 log = logging.getLogger(__name__)
+# libyaml where PyYAML was built with it: the pure-Python loader was most of a create's CPU.
+_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 OWN_TYPES = Path(__file__).with_name("tosca_types.yaml")
 _SECTIONS = (
     "data_types",
@@ -66,7 +70,7 @@ def _type_library(files: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         if not path.is_file():
             log.warning("TOSCA types file %s not found; skipped", path)
             continue
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.load(path.read_text(), Loader=_YAML) or {}
         for section in _SECTIONS:
             for tname, tdef in (doc.get(section) or {}).items():
                 have = lib[section].get(tname)
@@ -91,8 +95,21 @@ def _is_builtin(type_name: str) -> bool:
 
 
 def load(text: str, types_files: Iterable[str] = ()) -> Topology:
+    """The topology of a TOSCA document (a fresh object: callers may change it)."""
+    return Topology.from_dict(pickle.loads(_load_cached(text, tuple(types_files))))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_cached(text: str, types_files: tuple[str, ...]) -> bytes:
+    # The orchestrator sends the same resolved template for every deployment of it on a
+    # site; tosca-parser's parse is a pure function of the text and the type files.
+    # Refusals (TopologyError) are not cached: they raise through.
+    return pickle.dumps(_load(text, types_files).to_dict())
+
+
+def _load(text: str, types_files: tuple[str, ...]) -> Topology:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_YAML)
     except yaml.YAMLError as exc:
         raise TopologyError(f"invalid TOSCA: not valid YAML: {exc}") from None
     if not isinstance(doc, dict) or "tosca_definitions_version" not in doc:
@@ -100,7 +117,7 @@ def load(text: str, types_files: Iterable[str] = ()) -> Topology:
     topo = doc.get("topology_template")
     if not isinstance(topo, dict) or not isinstance(topo.get("node_templates"), dict):
         raise TopologyError("invalid TOSCA: 'topology_template.node_templates' is missing")
-    lib = _type_library(tuple(types_files))
+    lib = _type_library(types_files)
     work = copy.deepcopy(doc)
     work.pop("imports", None)
     for section in _SECTIONS:
@@ -401,7 +418,7 @@ def redact_secrets(text: str | None) -> str | None:
     if not text or "secrets" not in text:
         return text
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_YAML)
         templates = doc["topology_template"]["node_templates"]
     except (yaml.YAMLError, KeyError, TypeError):
         return text
@@ -412,4 +429,4 @@ def redact_secrets(text: str | None) -> str | None:
         if isinstance(secret, dict) and secret:
             props["secrets"] = {k: REDACTED for k in secret}
             changed = True
-    return yaml.safe_dump(doc, sort_keys=False) if changed else text
+    return yaml.dump(doc, Dumper=_DUMPER, sort_keys=False) if changed else text

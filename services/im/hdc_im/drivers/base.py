@@ -69,6 +69,8 @@ class Tagged:
 
 class Driver(abc.ABC):
     provider_type = "unknown"
+    # whether create_vm hands VmRequest.user_data to the cloud (else the engine skips it)
+    wants_user_data = True
 
     def prepare(self, infrastructure_id: str, nodes: list[NodeSpec], record: Any) -> dict[str, Any]:
         """Make shared resources (security groups, ...); `record(kind, name, provider_id)` is

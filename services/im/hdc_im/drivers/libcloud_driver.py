@@ -69,6 +69,10 @@ class TaggedDummyDriver(DummyNodeDriver):
         self.nl = []
         self._lock = threading.Lock()
         self._seq = 0
+        # id -> node and token -> nodes (in creation order): a lookup must not scan every
+        # node of a load test's thousands
+        self._by_id: dict[str, Node] = {}
+        self._by_token: dict[str, list[Node]] = {}
 
     def create_node(self, name: str, size: Any = None, image: Any = None, **kwargs: Any) -> Node:
         with self._lock:
@@ -86,7 +90,19 @@ class TaggedDummyDriver(DummyNodeDriver):
                 extra={"tags": dict(kwargs.get("ex_metadata") or {})},
             )
             self.nl.append(node)
+            self._by_id[node.id] = node
+            token = node.extra["tags"].get(TAG_TOKEN)
+            if token is not None:
+                self._by_token.setdefault(token, []).append(node)
             return node
+
+    def node_by_id(self, node_id: str) -> Node | None:
+        with self._lock:
+            return self._by_id.get(node_id)
+
+    def nodes_by_token(self, token: str) -> list[Node]:
+        with self._lock:
+            return list(self._by_token.get(token, ()))
 
     def list_nodes(self) -> list[Node]:
         with self._lock:
@@ -95,6 +111,14 @@ class TaggedDummyDriver(DummyNodeDriver):
     def destroy_node(self, node: Node) -> bool:
         with self._lock:
             self.nl = [n for n in self.nl if n.id != node.id]
+            gone = self._by_id.pop(node.id, None)
+            if gone is not None:
+                token = gone.extra["tags"].get(TAG_TOKEN)
+                same = [n for n in self._by_token.get(token, ()) if n.id != node.id]
+                if same:
+                    self._by_token[token] = same
+                else:
+                    self._by_token.pop(token, None)
         return True
 
     def start_node(self, node: Node) -> bool:
@@ -168,6 +192,8 @@ class LibcloudDriver(Driver):
         )
         self.default_image = default_image
         self.default_instance_type = default_instance_type
+        # only these hand the user-data to the cloud (create_vm): the others skip making it
+        self.wants_user_data = kind in ("ec2", "openstack")
         opts = dict(options or {})
         if kind == "dummy":
             self.conn = dummy_for(site_id)
@@ -252,6 +278,9 @@ class LibcloudDriver(Driver):
         return nodes
 
     def _node(self, provider_id: str) -> Node | None:
+        if self.kind == "dummy":
+            node = self.conn.node_by_id(provider_id)
+            return node if node is not None and node.state not in _GONE else None
         if self.kind == "ec2":
             nodes = _call(self.conn.list_nodes, ex_node_ids=[provider_id]) if provider_id else []
             nodes = [n for n in nodes if n.state not in _GONE]
@@ -399,6 +428,14 @@ class LibcloudDriver(Driver):
         )
 
     def find_vm(self, infrastructure_id: str, token: str) -> VmStatus | None:
+        if self.kind == "dummy":
+            # the dummy cloud's token index: what _nodes({TAG_TOKEN: token}) finds, unscanned
+            nodes = [
+                n
+                for n in self.conn.nodes_by_token(token)
+                if n.state not in _GONE and self._tags(n).get(TAG_TOKEN) == token
+            ]
+            return self._status(nodes[0]) if nodes else None
         nodes = self._nodes({TAG_TOKEN: token})
         return self._status(nodes[0]) if nodes else None
 
