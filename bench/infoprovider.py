@@ -18,6 +18,12 @@ the live state). A query is what the gRPC server spends on FindCandidates: the r
 for the wire (`placement.find_candidates_wire`, serialised bytes); `grpc_query_*` adds the
 real gRPC server and a client that parses the reply, as the orchestrator does. Prints ONE
 JSON line.
+
+Ingestion is measured two ways: `ingest_reports_per_s_initial`/`_steady` apply reports one
+by one in one thread, as one report consumer does, without the broker; the `_amqp_consumer`
+figures are the service's own path (the broker, then all its `report_consumers`), for the
+first reports of every site into an empty registry (`_initial_amqp_consumer`) and for
+re-reports.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from hdc_infoprovider import placement, query, synthetic  # noqa: E402
 from hdc_infoprovider.agent_auth import AgentClient, AgentTokenVerifier, TrustedIssuer  # noqa: E402
 from hdc_infoprovider.ingest import Ingestor, uid  # noqa: E402
 from hdc_infoprovider.report import SiteReport, utcnow  # noqa: E402
-from hdc_infoprovider.service import MIGRATIONS  # noqa: E402
+from hdc_infoprovider.service import MIGRATIONS, ingest_sessions  # noqa: E402
 
 from tests.fakes.oidc_provider import FakeOIDCProvider  # noqa: E402
 from tests.real_components import (  # noqa: E402
@@ -92,9 +98,12 @@ class Database:
         self.engine = create_engine(self.url)
         migrate(self.engine, MIGRATIONS)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # What the service's report consumers apply reports with (service.ingest_sessions).
+        self.ingest = ingest_sessions(self.engine)
 
     def drop(self) -> None:
         self.engine.dispose()
+        self.ingest.kw["bind"].dispose()
         if self.kind == "postgres":
             drop_databases(self.name)
         else:
@@ -111,10 +120,23 @@ def outbox_emit(session: Session, type: str, data: dict[str, Any], subject: str)
     outbox.write(session, event, "hdc.events", type, None)
 
 
+def outbox_emit_row(
+    session: Session, type: str, data: dict[str, Any], subject: str
+) -> dict[str, Any]:
+    """What the service's bus.emit_row does: the outbox row, written by the ingest statement."""
+    from hdc_common.bus import outbox
+    from hdc_common.bus.events import CloudEvent
+
+    event = CloudEvent.create(type, data, source="/hdc/infoprovider", subject=subject)
+    return outbox.row(event, "hdc.events", type)
+
+
 def ingest_all(db: Database, ingestor: Ingestor, envelopes: list[dict[str, Any]]) -> float:
+    """One report per transaction, one after the other, as one report consumer applies them
+    (without the broker: its deliveries and group commits are `amqp_ingest`)."""
     t0 = time.perf_counter()
     for env in envelopes:
-        with db.sessions.begin() as s:
+        with db.ingest.begin() as s:
             res = ingestor.handle_envelope(s, env)
             if not res.accepted:
                 raise SystemExit(f"bench report refused: {res.reason}")
@@ -285,16 +307,21 @@ def main() -> None:
         clients = [AgentClient(site_id=f"site-{i:04d}", client_id=f"agent-{i}", issuer=op.issuer)
                    for i in range(args.sites)]  # fmt: skip
         verifier = AgentTokenVerifier([TrustedIssuer(issuer=op.issuer)], clients)
-        ingestor = Ingestor(verifier, emit=outbox_emit)
+        ingestor = Ingestor(verifier, emit=outbox_emit, emit_row=outbox_emit_row)
         tokens = [op.issue_token(f"agent-{i}") for i in range(args.sites)]
 
         def envelopes(created_offset_s: int, seed: int) -> list[dict[str, Any]]:
             created = utcnow() - timedelta(seconds=created_offset_s)
-            return [
+            made = [
                 {"access_token": tokens[i],
                  "report": synthetic.site_report(i, created, flavors=args.flavors, images=args.images, seed=seed)}
                 for i in range(args.sites)
             ]  # fmt: skip
+            # A registry process holds no reports; this one holds thousands (a quarter of a
+            # million dicts each batch), which the garbage collector would otherwise walk
+            # again and again while the registry code runs here. Frozen, it leaves them be.
+            gc.freeze()
+            return made
 
         db = Database(args.db)
         anchor_db = Database(args.db)
@@ -310,10 +337,17 @@ def main() -> None:
                     for t in (m.Site, m.Flavor, m.Image)
                 }
 
-            amqp_rps = None
+            amqp_rps = amqp_initial_rps = None
             if args.amqp_reports:
                 third = envelopes(30, seed=3)[: args.amqp_reports]
                 amqp_rps = amqp_ingest(db, op, third, args.sites)
+                # The initial load as the service takes it: the first report of every site,
+                # into an empty registry, through the broker and all its report consumers.
+                fresh = Database(args.db)
+                try:
+                    amqp_initial_rps = amqp_ingest(fresh, op, first, args.sites)
+                finally:
+                    fresh.drop()
 
             naive_first = naive_ingest(anchor_db, verifier, first[: args.anchor_reports])
             naive_again = naive_ingest(anchor_db, verifier, again[: args.anchor_reports])
@@ -380,6 +414,12 @@ def main() -> None:
                 "ingest_reports_per_s_initial": round(initial_rps, 1),
                 "ingest_reports_per_s_steady": round(steady_rps, 1),
                 "ingest_reports_per_s_amqp_consumer": round(amqp_rps, 1) if amqp_rps else None,
+                # First reports of all sites into an empty registry, through the broker and
+                # the service's `report_consumers` consumers (the _initial figure above is
+                # one thread applying them one by one, without the broker).
+                "ingest_reports_per_s_initial_amqp_consumer": (
+                    round(amqp_initial_rps, 1) if amqp_initial_rps else None
+                ),
                 "anchor_naive_upsert_reports_per_s_initial": round(naive_first, 1),
                 "anchor_naive_upsert_reports_per_s_steady": round(naive_again, 1),
                 "ingest_ratio_vs_naive_steady": round(steady_rps / naive_again, 2),
@@ -404,7 +444,9 @@ def main() -> None:
                 "cpu_count": os.cpu_count(),
                 "goal_met": steady_rps >= 200 and initial_rps >= 200 and p99 < 20,
                 # The service's own path: reports over AMQP (its bus consumer), queries p99.
-                "goal_met_service_path": bool(amqp_rps and amqp_rps >= 200) and p99 < 20,
+                "goal_met_service_path": bool(amqp_rps and amqp_rps >= 200)
+                and bool(amqp_initial_rps and amqp_initial_rps >= 200)
+                and p99 < 20,
             }
         )
     )

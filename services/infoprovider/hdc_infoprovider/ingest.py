@@ -40,6 +40,9 @@ CLOCK_SKEW = timedelta(minutes=5)
 PART_NAMES = ("flavors", "images", "networks", "quotas")
 
 Emit = Callable[[Session, str, dict[str, Any], str], None]
+# Like Emit, but returns the outbox row (`hdc_common.bus.outbox.row`) for the caller to
+# write: `Bus.emit_row`. Ingestion writes it in the statement that applies the report.
+EmitRow = Callable[[Session, str, dict[str, Any], str], dict[str, Any]]
 
 
 @dataclass
@@ -109,9 +112,12 @@ class Ingestor:
         verifier: AgentTokenVerifier,
         emit: Emit | None = None,
         max_report_bytes: int = 4 * 1024 * 1024,
+        emit_row: EmitRow | None = None,
     ) -> None:
         self.verifier = verifier
         self.emit = emit
+        # Preferred to `emit` when given: the event then costs no statement of its own.
+        self.emit_row = emit_row
         self.max_report_bytes = max_report_bytes
 
     # ------------------------------------------------------------------ entry points
@@ -240,21 +246,23 @@ class Ingestor:
             }
         else:
             writes.site_update = {"id": site_id, **values}
-        writes.flush(session)
         result = IngestResult(True, site_id, status=status, changes=changes)
-        if self.emit is not None and (result.changed or previous_status != status):
-            self.emit(
-                session,
-                EVENT_SITE_CHANGED,
-                {
-                    "site_id": site_id,
-                    "status": status,
-                    "previous_status": previous_status,
-                    "valid_until": valid_until.isoformat(),
-                    "changes": changes,
-                },
-                site_id,
-            )
+        event = None
+        if result.changed or previous_status != status:
+            event = {
+                "site_id": site_id,
+                "status": status,
+                "previous_status": previous_status,
+                "valid_until": valid_until.isoformat(),
+                "changes": changes,
+            }
+        if event is not None and self.emit_row is not None:
+            # Everything the event says is known before the writes: it goes with them.
+            writes.outbox_rows.append(self.emit_row(session, EVENT_SITE_CHANGED, event, site_id))
+            event = None
+        writes.flush(session)
+        if event is not None and self.emit is not None:
+            self.emit(session, EVENT_SITE_CHANGED, event, site_id)
         return result
 
     # ------------------------------------------------------------------ refusals

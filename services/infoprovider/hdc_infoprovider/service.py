@@ -14,7 +14,8 @@ from hdc_common.require_identity import require_identity
 from hdc_common.service import Components, Service, run_service
 from hdc_common.settings import ServiceSettings, service_config
 from pydantic import Field, model_validator
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from hdc_infoprovider.agent_auth import AgentClient, AgentTokenVerifier, TrustedIssuer, client_map
 from hdc_infoprovider.grpc_api import servicer_entry
@@ -61,19 +62,42 @@ class InfoProviderSettings(ServiceSettings):
         return self
 
 
+def ingest_sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions of the report consumers: the same database, without the pool's pre-ping.
+
+    The pre-ping is a round trip before every transaction, i.e. before every report the
+    consumers apply one at a time. Without it, a connection that died meanwhile (a database
+    restart) fails the transaction's first statement instead; the pool then drops every
+    connection older than the failure, and the bus applies the deliveries again on fresh
+    ones (a group that failed is retried message by message; a lone message goes back to
+    the queue as transient, no attempt spent). The processed-message ledger makes that
+    exactly-once even when the connection died during the commit.
+    """
+    if engine.dialect.name != "postgresql":
+        return session_factory(engine)  # SQLite has no server connection to lose
+    url = engine.url.render_as_string(hide_password=False)
+    return session_factory(create_engine(url, pool_pre_ping=False))
+
+
 def build(settings: InfoProviderSettings) -> Components:
     engine = create_engine(settings.resolved_database_url())
     migrate(engine, MIGRATIONS)
     sessions = session_factory(engine)
-    bus = Bus(settings.bus_url, service="infoprovider", sessions=sessions)
+    consumer_sessions = ingest_sessions(engine)
+    bus = Bus(settings.bus_url, service="infoprovider", sessions=consumer_sessions)
 
     def emit(session: Session, type: str, data: dict[str, Any], subject: str) -> None:
         bus.emit(session, type, data, subject=subject)
 
+    def emit_row(session: Session, type: str, data: dict[str, Any], subject: str) -> dict[str, Any]:
+        return bus.emit_row(session, type, data, subject=subject)
+
     verifier = AgentTokenVerifier(
         settings.trusted_issuers, settings.agent_clients, leeway_s=settings.token_leeway_s
     )
-    ingestor = Ingestor(verifier, emit=emit, max_report_bytes=settings.max_report_bytes)
+    ingestor = Ingestor(
+        verifier, emit=emit, emit_row=emit_row, max_report_bytes=settings.max_report_bytes
+    )
 
     def on_report(session: Session, event: CloudEvent) -> None:
         # Refusals are recorded and return normally; only IdpUnavailable raises (retried).
@@ -82,7 +106,7 @@ def build(settings: InfoProviderSettings) -> Components:
     consumers = 1 if settings.bus_url.startswith("memory:") else settings.report_consumers
     # Reports of one site are serialised by its row lock, whichever consumer takes them.
     report_buses = [bus] + [
-        Bus(settings.bus_url, service="infoprovider", sessions=sessions)
+        Bus(settings.bus_url, service="infoprovider", sessions=consumer_sessions)
         for _ in range(consumers - 1)
     ]
     for b in report_buses:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pydantic_core
 import sqlalchemy as sa
+from hdc_common.bus.tables import outbox
 from sqlalchemy.orm import Session
 
 from hdc_infoprovider import models as m
@@ -51,6 +52,8 @@ class ReportWrites:
         self.children: dict[str, dict[str, list[dict[str, Any]]]] = {
             part: {"insert": [], "update": [], "delete": []} for part in PARTS
         }
+        # Outbox rows (`hdc_common.bus.outbox.row`) announcing the change: written with it.
+        self.outbox_rows: list[dict[str, Any]] = []
 
     def flush(self, session: Session) -> None:
         if session.get_bind().dialect.name == "postgresql":
@@ -85,9 +88,14 @@ class ReportWrites:
             for op in ("delete", "update", "insert"):
                 if ops[op]:
                     add(_PG[f"{part}_{op}"], ops[op])
+        if self.outbox_rows:
+            add(_PG["outbox_insert"], self.outbox_rows)
         if not ctes:
             return
-        sql = "WITH " + ", ".join(f"w{n} AS ({c})" for n, c in enumerate(ctes)) + " SELECT 1"
+        # The last write is the statement itself, the others its CTEs: no result to set up.
+        *first, sql = ctes
+        if first:
+            sql = "WITH " + ", ".join(f"w{n} AS ({c})" for n, c in enumerate(first)) + " " + sql
         # Driver SQL: no SQLAlchemy statement to build and compile for every report.
         session.connection().exec_driver_sql(sql, params)
 
@@ -126,6 +134,8 @@ class ReportWrites:
                 session.execute(update, rows)
             if ops["insert"]:
                 session.execute(insert, ops["insert"])
+        if self.outbox_rows:
+            session.execute(outbox.insert(), self.outbox_rows)
 
 
 # ---------------------------------------------------------------------- statements
@@ -187,8 +197,8 @@ def _pg_statements() -> dict[str, str]:
     def rows(table: str) -> str:
         return f"json_populate_recordset(NULL::{table}, :rows)"
 
-    def insert(t: sa.Table) -> str:
-        cols = ", ".join(c.name for c in t.columns)
+    def insert(t: sa.Table, skip: tuple[str, ...] = ()) -> str:
+        cols = ", ".join(c.name for c in t.columns if c.name not in skip)
         return f"INSERT INTO {t.name} ({cols}) SELECT {cols} FROM {rows(t.name)}"
 
     out = {
@@ -205,6 +215,8 @@ def _pg_statements() -> dict[str, str]:
             f"WHERE id IN (SELECT id FROM {rows('ip_services')})"
         ),
         "services_insert": insert(_SERVICES),
+        # The id is the outbox's sequence; sent_at stays NULL until the relay publishes.
+        "outbox_insert": insert(outbox, skip=("id", "sent_at")),
     }
     content = [c.name for c in _SERVICES.columns if c.name != "id" and c.name not in PART_FRESHNESS]
     sets = [f"{c} = x.{c}" for c in content]

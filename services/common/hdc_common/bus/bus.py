@@ -116,6 +116,26 @@ class Bus:
         outbox.write(session, event, EVENTS, type, self._wake())
         return event
 
+    def emit_row(
+        self, session: Session, type: str, data: Any = None, subject: str | None = None
+    ) -> dict[str, Any]:
+        """`emit`, for a caller that writes the outbox row itself, in its own statement.
+
+        Returns the values of the row (`hdc_common.bus.tables.outbox`; `id` and `sent_at`
+        left to their defaults) that the caller must insert in `session`'s transaction: a
+        service that already sends its changes as one statement folds the event into it
+        instead of paying for an ORM flush and a round trip of its own. The relay publishes
+        the row like any other, and is woken when `session` commits.
+        """
+        if not _EVENT_TYPE.match(type):
+            raise InvalidEvent(f"event type {type!r} must look like <service>.<entity>.<event>")
+        self._need_relay()
+        values = outbox.row(self.new_event(type, data, subject=subject), EVENTS, type)
+        wake = self._wake()
+        if wake is not None:
+            outbox.wake_after_commit(session, wake)
+        return values
+
     def send(
         self,
         session: Session,
