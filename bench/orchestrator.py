@@ -14,6 +14,10 @@ bus, without the orchestrator: `vs_bus_anchor` is the orchestrator's completed
 deployments/s divided by that bare command->configured round-trip rate. The issue's goals
 are reported as ratios too (>= 1.0 means the goal is met).
 
+The im and the ranker run at `nice` 10 (`--background-nice`), as `hdc up --distributed` runs
+them on one host: nobody waits on them interactively, so on this shared 2-core machine they
+take the CPU after the orchestrator's API, like its workers.
+
 GET /deployments/{id} latency is probed while the load runs from a process of its own (so
 it times the server, not this process's busy threads): `get_p99_ms` as the client sees it,
 `get_server_p99_ms` from the server's `Server-Timing`. The orchestrator's CPU time per
@@ -26,6 +30,7 @@ Prints ONE JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -129,7 +134,7 @@ def bus_anchor(bus_url: str, tmp: Path, n: int) -> float:
     return len(done) / elapsed
 
 
-def start_real_im(bus_url: str, db_url: str, tmp: Path) -> Any:
+def start_real_im(bus_url: str, db_url: str, tmp: Path, nice: int = 0) -> Any:
     """The real hdc-im on its dummy driver, or None when it cannot run here yet."""
     import os
     import subprocess
@@ -154,6 +159,7 @@ def start_real_im(bus_url: str, db_url: str, tmp: Path) -> Any:
         "HDC_IM_DATA_DIR": str(tmp / "im"),
         "HDC_IM_LOG_LEVEL": "WARNING",
         "HDC_IM_CONFIG": str(config),
+        "HDC_IM_NICE": str(nice),
     }
     log = (tmp / "im.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "hdc_im"], env=env, stdout=log, stderr=log)
@@ -172,7 +178,9 @@ def start_real_im(bus_url: str, db_url: str, tmp: Path) -> Any:
     return None
 
 
-def start_real_ranker(bus_url: str, tmp: Path, public_key: str) -> tuple[Any, str] | None:
+def start_real_ranker(
+    bus_url: str, tmp: Path, public_key: str, nice: int = 0
+) -> tuple[Any, str] | None:
     """The real `hdc-ranker` (gRPC), or None when it is not installed or does not start."""
     import os
     import shutil
@@ -191,6 +199,7 @@ def start_real_ranker(bus_url: str, tmp: Path, public_key: str) -> tuple[Any, st
         "HDC_RANKER_LOG_LEVEL": "WARNING",
         # It ranks only for gateway-signed identities (the orchestrator signs with that key).
         "HDC_RANKER_IDENTITY_PUBLIC_KEY": public_key,
+        "HDC_RANKER_NICE": str(nice),
     }
     log = (tmp / "ranker.log").open("ab")
     proc = subprocess.Popen([exe], env=env, stdout=log, stderr=log)
@@ -224,6 +233,12 @@ def main() -> None:
         "--workers-nice", type=int, default=10, help="niceness of the workers process (split)"
     )
     parser.add_argument(
+        "--background-nice",
+        type=int,
+        default=10,
+        help="niceness of the im and the ranker (0: as the orchestrator's API)",
+    )
+    parser.add_argument(
         "--keep-db", action="store_true", help="keep the orchestrator's database to inspect it"
     )
     args = parser.parse_args()
@@ -239,16 +254,18 @@ def main() -> None:
     orchs: list[OrchestratorProcess] = []
     try:
         if args.im in ("auto", "real"):
-            im_proc = start_real_im(bus_url, f"{infra.PG_DSN}/{im_db}", tmp)
+            im_proc = start_real_im(
+                bus_url, f"{infra.PG_DSN}/{im_db}", tmp, nice=args.background_nice
+            )
             if im_proc is not None:
-                im_kind = "hdc-im dummy driver"
+                im_kind = f"hdc-im dummy driver (nice {args.background_nice})"
             elif args.im == "real":
                 raise SystemExit("the real hdc-im did not start; see " + str(tmp / "im.log"))
         if im_proc is None:
             im_double = ImDouble(bus_url, tmp / "im.db").start()
         anchor_rate = bus_anchor(bus_url, tmp, args.n)
         if args.ranker in ("auto", "real"):
-            started = start_real_ranker(bus_url, tmp, signer.public)
+            started = start_real_ranker(bus_url, tmp, signer.public, nice=args.background_nice)
             if started is not None:
                 ranker_proc, ranker_target = started
             elif args.ranker == "real":
@@ -286,7 +303,11 @@ def main() -> None:
             else f"two processes: role=api + role=workers (nice {args.workers_nice})",
             "im": im_kind,
             "placement": "infoprovider test double + "
-            + ("real hdc-ranker" if ranker_proc is not None else "ranker test double"),
+            + (
+                f"real hdc-ranker (nice {args.background_nice})"
+                if ranker_proc is not None
+                else "ranker test double"
+            ),
             "bus_anchor_roundtrips_per_s": round(anchor_rate, 1),
             "vs_bus_anchor": round(result["deployments_per_s"] / anchor_rate, 3),
             "throughput_vs_goal_20_per_s": round(result["deployments_per_s"] / 20, 3),
@@ -348,43 +369,73 @@ def server_ms(response: httpx.Response) -> float:
     return float(dur) if dur else float("nan")
 
 
+class StatusWatcher:
+    """Completion times from the orchestrator's own `orchestrator.deployment.*` events.
+
+    A bare consumer (auto-ack, a queue of its own, no exactly-once ledger): the load
+    generator shares the CPUs with what it measures, so it does as little as it can.
+    """
+
+    def __init__(self, bus_url: str) -> None:
+        from hdc_common.bus.link import EVENTS_EXCHANGE
+        from kombu import Connection, Queue
+
+        self.completed: dict[str, float] = {}
+        self.failed: set[str] = set()
+        self._conn = Connection(bus_url)
+        self._queue = Queue(
+            f"bench.watch.{uuid.uuid4().hex[:8]}",
+            EVENTS_EXCHANGE,
+            routing_key="orchestrator.deployment.*",
+            exclusive=True,
+            auto_delete=True,
+        )
+        self._stop = threading.Event()
+        self._consumer = self._conn.Consumer(
+            self._queue, on_message=self._seen, no_ack=True, accept=[]
+        )
+        self._consumer.consume()  # declared now: no event of the run is missed
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _seen(self, message: Any) -> None:
+        now = time.perf_counter()
+        event = json.loads(message.body)
+        if event["type"].endswith(".create_complete"):
+            self.completed.setdefault(event["data"]["uuid"], now)
+        elif event["type"].endswith(".create_failed"):
+            self.failed.add(event["data"]["uuid"])
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                self._conn.drain_events(timeout=0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.cancel()
+        self._conn.release()
+
+
 def run_load(
     url: str, signer: Signer, n: int, concurrency: int, bus_url: str, tmp: Path, pids: list[int]
 ) -> dict[str, Any]:
-    """Submit n deployments from `concurrency` threads; completion times come from the
-    orchestrator's own `orchestrator.deployment.create_complete` events (no API polling, so
-    the measurement does not load the API it measures)."""
+    """Submit n deployments from `concurrency` threads, each on a keep-alive connection of
+    its own (the standard library's client: a fraction of httpx's CPU per request);
+    completion times come from the orchestrator's own events (no API polling, so the
+    measurement does not load the API it measures)."""
+    import http.client
+    import itertools
     import multiprocessing
-
-    from hdc_common.bus import Bus, create_tables
-    from hdc_common.db import create_engine, session_factory
+    from urllib.parse import urlsplit
 
     headers = signer.headers(user("bench"))
-    client = httpx.Client(
-        base_url=url,
-        headers=headers,
-        timeout=60,
-        limits=httpx.Limits(max_connections=concurrency + 4),
-    )
+    client = httpx.Client(base_url=url, headers=headers, timeout=60)
     submitted: dict[str, float] = {}
-    completed: dict[str, float] = {}
-    failed: set[str] = set()
     lock = threading.Lock()
-
-    engine = create_engine(f"sqlite:///{tmp / 'bench-events.db'}")
-    create_tables(engine)
-    watcher = Bus(bus_url, service="bench", sessions=session_factory(engine))
-
-    @watcher.on_event("orchestrator.deployment.*", queue="bench.orchestrator-events")
-    def on_status(_s: Any, event: Any) -> None:
-        now = time.perf_counter()
-        with lock:
-            if event.type.endswith(".create_complete"):
-                completed.setdefault(event.data["uuid"], now)
-            elif event.type.endswith(".create_failed"):
-                failed.add(event.data["uuid"])
-
-    watcher.start()
+    watcher = StatusWatcher(bus_url)
+    completed, failed = watcher.completed, watcher.failed
     ctx = multiprocessing.get_context("spawn")
     ids, ready, stop, posted = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Event()
     results, sink = ctx.Pipe(duplex=False)
@@ -395,19 +446,33 @@ def run_load(
     if not ready.wait(120):
         raise SystemExit("the GET prober process did not start")
 
-    def submit(_: int) -> None:
-        t = time.perf_counter()
-        r = client.post("/deployments", json={"template": TEMPLATE})
-        r.raise_for_status()
-        uuid_ = r.json()["uuid"]
-        with lock:
-            submitted[uuid_] = t
-        ids.put(uuid_)
+    target = urlsplit(url)
+    body = json.dumps({"template": TEMPLATE}).encode()
+    post_headers = headers | {"Content-Type": "application/json"}
+    tickets = itertools.count()
+
+    def submitter() -> None:
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        try:
+            while next(tickets) < n:
+                t = time.perf_counter()
+                conn.request("POST", "/deployments", body=body, headers=post_headers)
+                r = conn.getresponse()
+                answer = r.read()
+                if r.status != 201:
+                    raise SystemExit(f"POST /deployments answered {r.status}: {answer[:500]!r}")
+                uuid_ = json.loads(answer)["uuid"]
+                with lock:
+                    submitted[uuid_] = t
+                ids.put(uuid_)
+        finally:
+            conn.close()
 
     cpu_start = cpu_seconds(pids)
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(submit, range(n)))
+        for f in [pool.submit(submitter) for _ in range(concurrency)]:
+            f.result()
     posted.set()
     deadline = time.perf_counter() + 600
     while len(completed) + len(failed) < n and time.perf_counter() < deadline:
@@ -427,7 +492,6 @@ def run_load(
     cpu_idle = None if cpu_idle is None or cpu_end is None else cpu_idle - cpu_end
     cpu_load = None if cpu_end is None or cpu_start is None else cpu_end - cpu_start
     watcher.stop()
-    engine.dispose()
     client.close()
     with lock:
         done = {u: t for u, t in completed.items() if u in submitted}

@@ -108,6 +108,10 @@ def test_main_job_distributed(tmp_path, rabbitmq_url, rabbitmq_api):
             if environ_of(pid).get("HDC_ORCHESTRATOR_ROLE")
         }
         assert roles == {"api": 0, "workers": 10}
+        # So do the im and the ranker, which nobody waits on interactively.
+        for name in ("im", "ranker"):
+            pids = [p for p in status["pids"] if f"HDC_{name.upper()}_NICE" in environ_of(p)]
+            assert pids and all(os.getpriority(os.PRIO_PROCESS, p) == 10 for p in pids), name
         deadline = time.monotonic() + 30
         while not hdc("site", "list")["sites"]:
             assert time.monotonic() < deadline, "the local site was not registered"

@@ -8,8 +8,11 @@ waits for every health check and writes `embedded.json` with every pid so that
 
 The orchestrator runs as the Helm chart runs it: an API process (role=api) and a workflow
 workers process (role=workers, `orchestrator-workers`) on the same database and broker.
-Every service here shares one host, so the workers run at nice 10: deployments progress
-after the API has answered, not instead of it (bench/orchestrator.py measures this layout).
+Every service here shares one host, so what nobody waits on interactively runs at nice 10:
+the orchestrator's workers, the im (its engine turns commands into infrastructure) and the
+ranker (asked by those workers only). Deployments progress after the APIs have answered,
+not instead of them (bench/orchestrator.py measures this layout). `HDC_<SERVICE>_NICE` in
+the environment still wins.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from hdc_common.settings import load_settings
 
 HEALTH_TIMEOUT_S = 60
 WORKERS_NICE = 10
+BACKGROUND_SERVICES = ("im", "ranker")  # run at WORKERS_NICE too (see the docstring)
 WORKERS_PORT_OFFSET = 50  # the workers' own health port: the API's + 50 (8151, ...)
 
 
@@ -61,6 +65,8 @@ def service_env(
     env[f"{prefix}BUS_URL"] = bus_url
     env[f"{prefix}DATABASE_URL"] = database_url
     env[f"{prefix}DATA_DIR"] = str(home / "data")
+    if name in BACKGROUND_SERVICES:
+        env.setdefault(f"{prefix}NICE", str(WORKERS_NICE))
     if name == "gateway" and trust_issuers:
         # Users log in at these providers (hdc login --issuer); the embedded signing key
         # stays trusted too, for the local site's agent and `hdc token`.

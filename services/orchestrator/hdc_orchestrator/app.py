@@ -10,6 +10,7 @@ from typing import Any
 from hdc_common.http import create_openapi_app
 
 from hdc_orchestrator.api import AppState, current_state
+from hdc_orchestrator.loop_reads import ClosesLoopReads
 from hdc_orchestrator.pools import WriteAdmission
 
 SPEC = Path(__file__).with_name("openapi.yaml")
@@ -110,4 +111,5 @@ class ServerTiming:
 
 def create_app(state: AppState, readiness: list[Any] | None = None) -> Any:
     app = create_openapi_app(SPEC, service="orchestrator", readiness=readiness or [])
-    return ServerTiming(WriteAdmission(WithState(IndigoErrors(app), state)))
+    app = ServerTiming(WriteAdmission(WithState(IndigoErrors(app), state)))
+    return app if state.loop_reads is None else ClosesLoopReads(app, state.loop_reads)

@@ -113,15 +113,18 @@ class Engine:
         message: str | None = None,
         provider: str | None = None,
     ) -> None:
-        s.add(
-            DeploymentEvent(
-                deployment_uuid=d.uuid,
-                at=now(),
-                kind=kind,
-                status=d.status,
-                provider=provider,
-                message=redact_text(message, d.secret_values or []) if message else None,
-            )
+        s.add(self._event(d, kind, message, provider))
+
+    def _event(
+        self, d: Deployment, kind: str, message: str | None, provider: str | None = None
+    ) -> DeploymentEvent:
+        return DeploymentEvent(
+            deployment_uuid=d.uuid,
+            at=now(),
+            kind=kind,
+            status=d.status,
+            provider=provider,
+            message=redact_text(message, d.secret_values or []) if message else None,
         )
 
     def set_status(
@@ -212,9 +215,8 @@ class Engine:
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
-        s.add(d)
         _build_resources(d, validated, t)
-        self.record(s, d, "status", "deployment accepted")
+        _insert_new(s, d, self._event(d, "status", "deployment accepted"))
         self.bus.emit(
             s,
             "orchestrator.deployment.create_in_progress",
@@ -1074,6 +1076,36 @@ def _node_dict(n: Any) -> dict[str, Any]:
         "requires": n.requires,
         "types": n.types,
     }
+
+
+def _insert_new(s: Session, d: Deployment, event: DeploymentEvent) -> None:
+    """A new deployment, its resources and its first event as plain INSERTs.
+
+    The unit of work's bookkeeping for a graph of new objects (dependency sort, identity
+    map, relationship sync) cost more CPU than all the rest of a POST. `d` and its
+    resources stay transient: the response is rendered from them, and the workflow loads
+    the rows afresh in its own sessions.
+    """
+    d.version = 1  # what the mapper's version counter starts at
+    conn = s.connection()
+    conn.execute(_INSERT_DEPLOYMENT, [_set_columns(d)])
+    if d.resources:
+        conn.execute(
+            _INSERT_RESOURCE,
+            [_set_columns(r) | {"deployment_uuid": d.uuid} for r in d.resources],
+        )
+    conn.execute(_INSERT_EVENT, [_set_columns(event)])
+
+
+_INSERT_DEPLOYMENT = Deployment.__table__.insert()
+_INSERT_RESOURCE = Resource.__table__.insert()
+_INSERT_EVENT = DeploymentEvent.__table__.insert()
+
+
+def _set_columns(obj: Any) -> dict[str, Any]:
+    """The column values set on a transient object; unset ones get the column defaults."""
+    state = sa.inspect(obj)
+    return {c.key: state.dict[c.key] for c in state.mapper.column_attrs if c.key in state.dict}
 
 
 def _build_resources(d: Deployment, v: ValidatedTemplate, t: datetime) -> None:

@@ -19,6 +19,7 @@ from hdc_orchestrator.acting_identity import load_private_key
 from hdc_orchestrator.api import AppState
 from hdc_orchestrator.app import create_app
 from hdc_orchestrator.engine import Engine
+from hdc_orchestrator.loop_reads import LoopReads
 from hdc_orchestrator.placement import PlacementClient
 from hdc_orchestrator.settings import OrchestratorSettings
 from hdc_orchestrator.vrouter_client import VRouterClient
@@ -107,6 +108,7 @@ def build(settings: OrchestratorSettings) -> Components:
         engine=engine,
         verifier=InternalTokenVerifier(settings.identity_key_pem()),
         read_sessions=session_factory(reads_db) if reads_db is not None else None,
+        loop_reads=LoopReads.for_engine(db, settings.api_read_threads),
     )
 
     def database() -> None:
