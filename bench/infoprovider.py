@@ -442,11 +442,15 @@ def main() -> None:
                 "query_ratio_vs_cmdb_style_p99": round(anchor_p99 / p99, 1),
                 "load_average_1m": round(os.getloadavg()[0], 2),
                 "cpu_count": os.cpu_count(),
-                "goal_met": steady_rps >= 200 and initial_rps >= 200 and p99 < 20,
-                # The service's own path: reports over AMQP (its bus consumer), queries p99.
-                "goal_met_service_path": bool(amqp_rps and amqp_rps >= 200)
+                # The goal, for the registry as it runs: reports through the broker and all
+                # its report consumers (first reports of every site and re-reports), and the
+                # query p99. Without --amqp-reports it cannot be told (false).
+                "goal_met": bool(amqp_rps and amqp_rps >= 200)
                 and bool(amqp_initial_rps and amqp_initial_rps >= 200)
                 and p99 < 20,
+                # The same rates from one thread applying reports one by one (one consumer's
+                # share, no broker): not the registry's rate, shown for comparison.
+                "goal_met_one_thread_loop": steady_rps >= 200 and initial_rps >= 200 and p99 < 20,
             }
         )
     )
