@@ -7,7 +7,7 @@ the loop waits only for the database. Rows come back through the same SQLAlchemy
 types as the synchronous path (sealed secrets decrypted, JSON parsed), from statements
 compiled once.
 
-SQLite (the embedded mode) has no asyncio driver here: `LoopReads.for_url` answers None
+SQLite (the embedded mode) has no asyncio driver here: `LoopReads.for_engine` answers None
 and the handlers keep their thread-pool path.
 """
 
@@ -29,7 +29,6 @@ class CompiledRead:
     def __init__(self, stmt: sa.Select, dialect: sa.Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
         self.sql = compiled.string
-        self.param_names = tuple(compiled.params)
         columns = list(stmt.selected_columns)
         self.row_type = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
         self.processors: list[Callable[[Any], Any] | None] = [
