@@ -30,17 +30,20 @@ def drop_vhost(vhost: str) -> None:
         api.delete(f"/api/vhosts/{vhost}")
 
 
-def create_databases(*names: str) -> None:
+def on_admin_database(*statements: str, **params: object) -> list[list[tuple]]:
+    """Run statements on the server's `postgres` database (autocommit); their rows."""
     admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        for name in names:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
+    try:
+        with admin.connect() as c:
+            results = [c.execute(sa.text(sql), params) for sql in statements]
+            return [[tuple(r) for r in res] if res.returns_rows else [] for res in results]
+    finally:
+        admin.dispose()
+
+
+def create_databases(*names: str) -> None:
+    on_admin_database(*(f'CREATE DATABASE "{name}"' for name in names))
 
 
 def drop_databases(*names: str) -> None:
-    admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        for name in names:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    on_admin_database(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in names))

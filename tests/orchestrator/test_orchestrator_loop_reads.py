@@ -7,30 +7,21 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from orch_doubles import TEMPLATE, OrchestratorProcess, Site, free_port, orchestrator_env, user
 
-from tests.real_components import PG_DSN
+from tests.real_components import on_admin_database
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
 
 def _terminate_connections(database: str) -> int:
     """What a database restart does to every client: their connections die."""
-    admin = sa.create_engine(f"{PG_DSN}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            return len(
-                conn.execute(
-                    sa.text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :db AND pid <> pg_backend_pid()"
-                    ),
-                    {"db": database},
-                ).all()
-            )
-    finally:
-        admin.dispose()
+    (killed,) = on_admin_database(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = :db AND pid <> pg_backend_pid()",
+        db=database,
+    )
+    return len(killed)
 
 
 def test_get_one_on_the_loop(postgres_url, rabbitmq_url, grpc_doubles, signer, tmp_path) -> None:
